@@ -1,0 +1,71 @@
+"""What every command shares: exit codes, output formats, error reporting.
+
+Exit codes (../docs CLI conventions, one place): 0 ok, 1 check failed, 2 usage or config
+error, 3 transient (retry later), 4 authentication or permanent failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+OK = 0
+CHECK_FAILED = 1
+USAGE = 2
+TRANSIENT = 3
+PERMANENT = 4
+
+
+class CliError(Exception):
+    """An error the command reports as one line on stderr with an exit code."""
+
+    def __init__(self, message: str, code: int = USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def add_format(parser: argparse.ArgumentParser, choices: tuple[str, ...] = ("text", "json"),
+               default: str = "text") -> None:
+    parser.add_argument("--format", choices=choices, default=default,
+                        help=f"output format (default {default})")
+
+
+def print_json(doc: Any) -> None:
+    """Exactly one JSON document on stdout."""
+    json.dump(doc, sys.stdout, indent=2, sort_keys=False, default=str)
+    sys.stdout.write("\n")
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """A plain aligned table; empty cells for missing keys."""
+    cells = [[str(r.get(c, "") if r.get(c) is not None else "") for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def setup_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose else getattr(
+        logging, os.environ.get("MBUS_LOG_LEVEL", "WARNING").upper(), logging.WARNING)
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_handler(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command; turn our errors into one stderr line and an exit code."""
+    setup_logging(getattr(args, "verbose", False))
+    try:
+        return int(handler(args))
+    except CliError as exc:
+        print(f"mbus-logger: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return OK

@@ -1,0 +1,1 @@
+"""The PKI, the fleet registry and the factory enrolment step (``mbus-provision``)."""

@@ -1,0 +1,1 @@
+"""The organization's OPC UA server that receives readings (``mbus-receiver``)."""
