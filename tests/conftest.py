@@ -1,0 +1,1 @@
+"""Shared fixtures for the whole suite live in ``tests/support``; this file only wires pytest."""
