@@ -1,0 +1,370 @@
+"""``decode(frame_bytes) -> dict``: one telegram as plain JSON-ready values (EN 13757-3).
+
+The schema is documented in ``docs/readme/decoder.md``. Numbers are exact: each numeric
+record carries ``mantissa`` and ``exponent`` (value = mantissa x 10^exponent, already in the
+SI-normalised unit) and ``value`` is that number as a decimal string. Nothing is dropped
+silently: invalid dates, BCD error digits, unknown or reserved codes, record error VIFEs and
+manufacturer-specific parts are kept and named in ``flags``.
+
+Hot path notes: one table lookup per VIF, no per-record objects besides the result dict,
+integers decoded with ``int.from_bytes`` and two's complement by hand (MicroPython ignores
+``signed``).
+
+MicroPython-clean.
+"""
+
+from logger.mbus import tables
+from logger.mbus.application import ERROR, FIXED, parse_telegram
+from logger.mbus.numbers import HEX2, dec_str, float32_decimal, hexstr
+from logger.mbus.records import storage_number, subunit, tariff
+
+_PRIMARY = tables.PRIMARY_VIF
+_FD = tables.FD_VIF
+_FB = tables.FB_VIF
+_COMB = tables.COMBINABLE_VIFE
+_DATE_VIFES = tables.DATE_VIFES
+_FUNCTIONS = tables.FUNCTIONS
+NUMERIC = tables.NUMERIC
+DATE = tables.DATE
+DATETIME = tables.DATETIME
+UNSIGNED = tables.UNSIGNED
+MANUFACTURER = tables.MANUFACTURER
+UNKNOWN = tables.UNKNOWN
+TEXT_VIF = tables.TEXT_VIF
+
+_NO_VIF_INFO = ("missing VIF extension", "", 1, 0, UNKNOWN)
+
+
+def _signed(data, msb):
+    n = int.from_bytes(data, "big" if msb else "little")
+    bits = 8 * len(data)
+    if n >> (bits - 1):
+        n -= 1 << bits
+    return n
+
+
+def _bcd(data, msb):
+    """BCD digits (LSB byte first): (value or None, digit string as sent, error flag)."""
+    if not msb:
+        data = bytes(reversed(data))
+    digits = hexstr(data)
+    neg = False
+    body = digits
+    if digits and digits[0] == "F":
+        neg = True
+        body = digits[1:]
+    for ch in body:
+        if ch > "9":
+            return None, digits, True
+    value = int(body) if body else 0
+    return (-value if neg else value), digits, False
+
+
+def _date_g(b0, b1):
+    day = b0 & 0x1F
+    month = b1 & 0x0F
+    year = ((b0 & 0xE0) >> 5) | ((b1 & 0xF0) >> 1)
+    if not (1 <= day <= 31 and 1 <= month <= 12 and year <= 99):
+        return None
+    return "%04d-%02d-%02d" % (2000 + year, month, day)
+
+
+def _datetime(data, flags):
+    """Types G (2 bytes), J (3, time), F (4) and I (6) to ISO 8601 local time."""
+    n = len(data)
+    if n == 2:
+        text = _date_g(data[0], data[1])
+        kind = "date"
+    elif n == 3:
+        sec = data[0] & 0x3F
+        minute = data[1] & 0x3F
+        hour = data[2] & 0x1F
+        text = None
+        if sec < 60 and minute < 60 and hour < 24:
+            text = "%02d:%02d:%02d" % (hour, minute, sec)
+        kind = "time"
+    elif n == 4:
+        kind = "datetime"
+        text = None
+        if not data[0] & 0x80:
+            minute = data[0] & 0x3F
+            hour = data[1] & 0x1F
+            date = _date_g(data[2], data[3])
+            if date is not None and minute < 60 and hour < 24:
+                text = "%sT%02d:%02d" % (date, hour, minute)
+            if data[1] & 0x80:
+                flags.append("summer time")
+    elif n == 6:
+        kind = "datetime"
+        text = None
+        if not data[1] & 0x80:
+            sec = data[0] & 0x3F
+            minute = data[1] & 0x3F
+            hour = data[2] & 0x1F
+            date = _date_g(data[3], data[4])
+            if date is not None and sec < 60 and minute < 60 and hour < 24:
+                text = "%sT%02d:%02d:%02d" % (date, hour, minute, sec)
+            if data[0] & 0x40:
+                flags.append("summer time")
+    else:
+        return None, None
+    if text is None:
+        flags.append("invalid date")
+    return text, kind
+
+
+def _vif_info(vif, vifes, text, flags):
+    """(quantity, unit, multiplier, exponent, kind) and the combinable VIFEs that follow."""
+    code = vif & 0x7F
+    if code == 0x7D or code == 0x7B:
+        if not vif & 0x80 or not vifes:
+            flags.append("missing VIF extension")
+            return _NO_VIF_INFO, b""
+        ext = vifes[0] & 0x7F
+        info = (_FD if code == 0x7D else _FB)[ext]
+        return info, vifes[1:] if vifes[0] & 0x80 else b""
+    info = _PRIMARY[code]
+    if info[4] == TEXT_VIF:
+        info = ("plain-text unit", text, 1, 0, NUMERIC)
+    return info, vifes
+
+
+def _record(rec, index, msb):
+    offset, dif, difes, vif, vifes, text, data, lvar = rec
+    flags = []
+    info, combinable = _vif_info(vif, vifes, text, flags)
+    quantity, unit, multiplier, exponent, kind = info
+    modifiers = []
+    date_vife = False
+    for b in combinable:
+        c = b & 0x7F
+        if c == 0x7F:
+            flags.append("manufacturer specific VIFE")
+            break
+        name, shift = _COMB[c]
+        if c < 0x20:
+            if c:
+                flags.append(name)
+            continue
+        if shift:
+            exponent += shift
+        elif c in _DATE_VIFES:
+            date_vife = True
+        modifiers.append(name)
+    if kind == UNKNOWN:
+        flags.append("unknown VIF")
+        multiplier = 1
+        exponent = 0
+    elif kind == MANUFACTURER:
+        flags.append("manufacturer specific")
+    key = HEX2[dif] + hexstr(difes) + HEX2[vif]
+    if text is not None:
+        key += HEX2[len(text)] + hexstr(reversed([ord(ch) & 0xFF for ch in text]))
+    key += hexstr(vifes)
+    dfield = dif & 0x0F
+    value = None
+    mantissa = None
+    raw = None
+    vtype = "none"
+    if dfield == 0 or dfield == 8:
+        if dfield == 8:
+            flags.append("selection for readout")
+    elif dfield == 5:
+        rawint = int.from_bytes(data, "big" if msb else "little")
+        raw = HEX2[rawint >> 24] + HEX2[(rawint >> 16) & 255] + HEX2[(rawint >> 8) & 255] \
+            + HEX2[rawint & 255]
+        pair = float32_decimal(rawint)
+        vtype = "real"
+        if pair is None:
+            flags.append("not a number")
+        else:
+            mantissa = pair[0] * multiplier
+            exponent += pair[1]
+    elif dfield == 13 and lvar <= 0xBF:
+        vtype = "text"
+        value = "".join([chr(b) for b in reversed(data)])
+        raw = hexstr(data)
+    elif dfield >= 9 or (dfield == 13 and lvar < 0xE0):
+        vtype = "bcd"
+        number, raw, bad = _bcd(data, msb)
+        if bad:
+            flags.append("BCD error")
+        else:
+            if dfield == 13 and lvar >= 0xD0:
+                number = -number
+            mantissa = number * multiplier
+    else:
+        if (kind == DATE or kind == DATETIME or date_vife) and dfield in (2, 3, 4, 6):
+            if msb:
+                data = bytes(reversed(data))
+            value, vtype = _datetime(data, flags)
+            raw = hexstr(data)
+        elif kind == UNSIGNED or kind == MANUFACTURER:
+            vtype = "int"
+            raw = int.from_bytes(data, "big" if msb else "little")
+            mantissa = raw
+        else:
+            vtype = "int"
+            raw = _signed(data, msb)
+            mantissa = raw * multiplier
+    if mantissa is not None:
+        if raw is None:
+            raw = mantissa
+        value = dec_str(mantissa, exponent)
+    else:
+        exponent = None
+    return {
+        "id": index,
+        "key": key,
+        "offset": offset,
+        "function": _FUNCTIONS[(dif >> 4) & 3],
+        "storage": storage_number(dif, difes),
+        "tariff": tariff(difes),
+        "subunit": subunit(difes),
+        "quantity": quantity,
+        "unit": unit,
+        "type": vtype,
+        "value": value,
+        "mantissa": mantissa,
+        "exponent": exponent,
+        "raw": raw,
+        "modifiers": modifiers,
+        "flags": flags,
+    }
+
+
+def _manufacturer(lo, hi):
+    code = lo | (hi << 8)
+    return (chr(((code >> 10) & 0x1F) + 64) + chr(((code >> 5) & 0x1F) + 64)
+            + chr((code & 0x1F) + 64))
+
+
+def _status(status):
+    flags = []
+    app = tables.STATUS_APPLICATION[status & 3]
+    if app:
+        flags.append(app)
+    for bit, name in tables.STATUS_BITS:
+        if status & bit:
+            flags.append(name)
+    return flags
+
+
+def _id(data, msb):
+    digits = hexstr(data if msb else bytes(reversed(data)))
+    valid = True
+    for ch in digits:
+        if ch > "9":
+            valid = False
+            break
+    return digits, valid
+
+
+def _header(h, msb):
+    if len(h) == 4:
+        access, status, sig = h[0], h[1], h[2] | (h[3] << 8)
+        return {
+            "id": None, "id_valid_bcd": None, "manufacturer": None, "version": None,
+            "medium": None, "medium_text": None, "access_number": access, "status": status,
+            "status_flags": _status(status), "signature": sig,
+        }
+    ident, valid = _id(h[0:4], msb)
+    if msb:
+        man = _manufacturer(h[5], h[4])
+        sig = (h[10] << 8) | h[11]
+    else:
+        man = _manufacturer(h[4], h[5])
+        sig = h[10] | (h[11] << 8)
+    medium = h[7]
+    status = h[9]
+    return {
+        "id": ident,
+        "id_valid_bcd": valid,
+        "manufacturer": man,
+        "version": h[6],
+        "medium": medium,
+        "medium_text": tables.MEDIUM.get(medium, "Reserved"),
+        "access_number": h[8],
+        "status": status,
+        "status_flags": _status(status),
+        "signature": sig,
+    }
+
+
+def _fixed(t):
+    d = t.fixed
+    msb = t.msb
+    ident, valid = _id(d[0:4], msb)
+    status = d[5]
+    u1 = d[6]
+    u2 = d[7]
+    medium = ((u1 & 0xC0) >> 6) | ((u2 & 0xC0) >> 4)
+    header = {
+        "id": ident, "id_valid_bcd": valid, "manufacturer": None, "version": None,
+        "medium": medium, "medium_text": tables.FIXED_MEDIUM[medium],
+        "access_number": d[4], "status": status, "status_flags": _status(status),
+        "signature": None,
+    }
+    bcd = not status & 0x80
+    function = "stored" if status & 0x40 else "actual"
+    records = []
+    for i in (0, 1):
+        unit_code = (u1, u2)[i] & 0x3F
+        raw_bytes = d[8 + 4 * i:12 + 4 * i]
+        quantity, unit, exponent = tables.FIXED_UNITS[unit_code]
+        flags = []
+        if bcd:
+            number, raw, bad = _bcd(raw_bytes, msb)
+            vtype = "bcd"
+            if bad:
+                flags.append("BCD error")
+        else:
+            number = _signed(raw_bytes, msb)
+            raw = number
+            vtype = "int"
+        records.append({
+            "id": i, "key": "fixed%d" % i, "offset": 15 + 4 * i, "function": function,
+            "storage": 0, "tariff": 0, "subunit": 0, "quantity": quantity, "unit": unit,
+            "type": vtype, "value": None if number is None else dec_str(number, exponent),
+            "mantissa": number, "exponent": None if number is None else exponent,
+            "raw": raw, "modifiers": [], "flags": flags,
+        })
+    return header, records
+
+
+def decode(data):
+    """Decode one whole frame (bytes of a long or control frame) to a JSON-ready dict.
+
+    Raises a subclass of :class:`logger.mbus.MBusError` naming the byte offset for anything
+    malformed or unsupported; an application error (CI 0x70) is a result, not an exception.
+    """
+    t = parse_telegram(data)
+    out = {
+        "frame": {"c": t.c, "a": t.a, "ci": t.ci},
+        "header": None,
+        "records": [],
+        "more_records_follow": False,
+        "manufacturer_data": None,
+        "error": None,
+    }
+    if t.kind == ERROR:
+        out["error"] = {
+            "code": t.error_code,
+            "text": tables.application_error_text(t.error_code),
+            "data": hexstr(t.error_data) if t.error_data else None,
+        }
+        return out
+    if t.kind == FIXED:
+        out["header"], out["records"] = _fixed(t)
+        return out
+    if t.header is not None:
+        out["header"] = _header(t.header, t.msb)
+    msb = t.msb
+    records = out["records"]
+    for rec in t.records:
+        if rec[3] is None:
+            out["manufacturer_data"] = hexstr(rec[6])
+            continue
+        records.append(_record(rec, len(records), msb))
+    out["more_records_follow"] = t.more
+    return out
