@@ -1,0 +1,421 @@
+"""Pure helpers both backends share: batch checks, exact values, config shape, the audit chain.
+
+Kept free of any database module so that the SQLite and PostgreSQL backends cannot drift in
+what they accept, how they compare a resent reading, or how they hash an audit entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from logger.contract import MAX_CONFIG_BYTES, MAX_STRING, check_push_columns
+
+from .api import (
+    AuditEntry,
+    AuditVerification,
+    BadBatch,
+    Columns,
+    InvalidConfiguration,
+    MeterHealth,
+)
+
+# Sequence numbers are UInt64 in the contract but both databases store signed 64-bit integers.
+MAX_SEQUENCE = 2**63 - 1
+
+# A reading as both backends compare it:
+# (sequence, meter, record, value, unit, quantity, source_time, logger_time, flags)
+Row = tuple[int, str, str, str, str, str, datetime | None, datetime | None, str]
+CONTENT_FIELDS = (
+    "meter",
+    "record",
+    "value",
+    "unit",
+    "quantity",
+    "source_time",
+    "logger_time",
+    "flags",
+)
+
+# OPC UA's null DateTime decodes as 1601-01-01; anything at or before it means "no time".
+_OPCUA_EPOCH = datetime(1601, 1, 2, tzinfo=UTC)
+
+_DECIMAL_RE = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,4})?$")
+# NUMERIC holds at most 131072 digits before the point; keep well inside that.
+_MAX_NUMERIC_EXPONENT = 1000
+
+GENESIS_HASH = "0" * 64
+
+
+def utc(value: object, where: str = "time") -> datetime | None:
+    """A timestamp as an aware UTC datetime; None for null (OPC UA's 1601-01-01 included).
+
+    Naive datetimes are taken as UTC: that is how asyncua hands DateTime values over, and
+    meter clocks without a zone are stored as they came.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise BadBatch(f"{where} is not a DateTime ({type(value).__name__})")
+    aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if aware < _OPCUA_EPOCH:
+        return None
+    return aware
+
+
+def normalize_batch(epoch: str, columns: Columns) -> list[Row]:
+    """Check a PushReadings batch against the contract and return it as rows.
+
+    Raises :class:`BadBatch` naming the first problem; nothing else escapes.
+    """
+    if not isinstance(epoch, str) or not epoch or len(epoch) > MAX_STRING:
+        raise BadBatch(f"Epoch must be a non-empty string of at most {MAX_STRING} chars")
+    try:
+        n = check_push_columns({k: list(v) for k, v in columns.items()})
+    except ValueError as exc:
+        raise BadBatch(str(exc), too_large="exceeds" in str(exc)) from None
+    seqs = columns["Sequence"]
+    if int(seqs[n - 1]) > MAX_SEQUENCE:  # type: ignore[call-overload]
+        raise BadBatch(f"Sequence[{n - 1}] exceeds {MAX_SEQUENCE}")
+    src = columns["SourceTime"]
+    lgt = columns["LoggerTime"]
+    return [
+        (
+            int(seqs[i]),  # type: ignore[call-overload]
+            str(columns["Meter"][i]),
+            str(columns["Record"][i]),
+            str(columns["Value"][i]),
+            str(columns["Unit"][i]),
+            str(columns["Quantity"][i]),
+            utc(src[i], f"SourceTime[{i}]"),
+            utc(lgt[i], f"LoggerTime[{i}]"),
+            str(columns["Flags"][i]),
+        )
+        for i in range(n)
+    ]
+
+
+def numeric_text(value: str) -> str | None:
+    """The value when it is a finite decimal number a NUMERIC column takes, else None."""
+    if not _DECIMAL_RE.match(value):
+        return None
+    try:
+        exponent = Decimal(value).adjusted()
+    except InvalidOperation:  # pragma: no cover - the pattern admits only valid decimals
+        return None
+    return value if abs(exponent) <= _MAX_NUMERIC_EXPONENT else None
+
+
+def value_double(value: str) -> float | None:
+    """A float beside the exact value, for convenience only (None for text and overflow)."""
+    if numeric_text(value) is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def differences(stored: Row, sent: Row) -> str:
+    """Name the fields in which a resent reading differs from the stored one."""
+    parts = []
+    for name, old, new in zip(CONTENT_FIELDS, stored[1:], sent[1:], strict=True):
+        if old != new:
+            parts.append(f"{name}: stored {_show(old)}, sent {_show(new)}")
+    return "; ".join(parts)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return repr(value)
+
+
+def latest_per_record(rows: Sequence[Row]) -> list[Row]:
+    """The last row of the batch for each (meter, record): what the address space shows."""
+    last: dict[tuple[str, str], Row] = {}
+    for row in rows:
+        last[(row[1], row[2])] = row
+    return list(last.values())
+
+
+# --------------------------------------------------------------------------------------------
+# Cloud configuration.
+
+# Sections that belong to the device's local file (ARCHITECTURE.md, "Configuration in two
+# layers"): the cloud layer can never carry them. The logger validates the full schema and
+# bounds itself; this check stops an operator's mistake at the source.
+LOCAL_ONLY_SECTIONS = frozenset(
+    {
+        "uplink",
+        "security",
+        "trust",
+        "tpm",
+        "keys",
+        "key",
+        "pki",
+        "certificate",
+        "certificates",
+        "crl",
+        "store",
+        "buffer",
+        "paths",
+        "buses",
+        "bus",
+        "device",
+        "location",
+        "logging",
+        "version",
+    }
+)
+_SECTION_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def validate_config(json_text: str) -> Any:
+    """Parse a cloud configuration document and check its top-level shape; return it parsed.
+
+    Shape: a JSON object whose keys are lower-case section names, none of them a local-only
+    (security) section; ``meters``, when present, is an array of objects.
+    """
+    if not isinstance(json_text, str):
+        raise InvalidConfiguration("configuration must be JSON text")
+    size = len(json_text.encode("utf-8"))
+    if size > MAX_CONFIG_BYTES:
+        raise InvalidConfiguration(
+            f"configuration is {size} bytes, more than the {MAX_CONFIG_BYTES} allowed"
+        )
+    try:
+        document = json.loads(json_text, parse_float=Decimal, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidConfiguration(f"configuration is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidConfiguration(
+            f"configuration must be a JSON object at the top level, not {_json_type(document)}"
+        )
+    for key, value in document.items():
+        if not _SECTION_RE.match(key):
+            raise InvalidConfiguration(
+                f"configuration section {key!r} is not a lower-case name ([a-z][a-z0-9_]*)"
+            )
+        if key in LOCAL_ONLY_SECTIONS:
+            raise InvalidConfiguration(
+                f"configuration section {key!r} belongs to the device's local file and cannot "
+                "be set from the cloud"
+            )
+        if key == "meters" and not (
+            isinstance(value, list) and all(isinstance(m, dict) for m in value)
+        ):
+            raise InvalidConfiguration("configuration section 'meters' must be an array of objects")
+    return document
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number"
+
+
+def canonical_config(document: Any) -> str:
+    """One text per JSON value, to tell whether a new version changes anything."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
+
+
+# --------------------------------------------------------------------------------------------
+# Meter health (stored as JSON text in both backends).
+
+
+def encode_meters(meters: Iterable[MeterHealth]) -> str:
+    return json.dumps(
+        [
+            {
+                "meter": m.meter,
+                "ok": m.ok,
+                "failures": m.failures,
+                "last_success": m.last_success.isoformat() if m.last_success else None,
+                "last_error": m.last_error,
+            }
+            for m in meters
+        ]
+    )
+
+
+def decode_meters(text: str | None) -> tuple[MeterHealth, ...]:
+    if not text:
+        return ()
+    return tuple(
+        MeterHealth(
+            meter=m["meter"],
+            ok=bool(m["ok"]),
+            failures=int(m["failures"]),
+            last_success=datetime.fromisoformat(m["last_success"]) if m["last_success"] else None,
+            last_error=m["last_error"],
+        )
+        for m in json.loads(text)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The audit chain.
+
+MAX_AUDIT_FIELD = 4096
+
+
+def audit_time(value: datetime) -> str:
+    """The canonical text of an audit entry's time (UTC, microseconds, 'Z')."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def check_audit_fields(**fields: str) -> None:
+    for name, value in fields.items():
+        if not isinstance(value, str):
+            raise ValueError(f"audit {name} must be a string")
+        if len(value) > MAX_AUDIT_FIELD:
+            raise ValueError(f"audit {name} is longer than {MAX_AUDIT_FIELD} chars")
+    if not fields.get("event"):
+        raise ValueError("audit event must not be empty")
+
+
+def audit_hash(
+    prev_hash: str,
+    entry_id: int,
+    time: datetime,
+    event: str,
+    device_uri: str,
+    thumbprint: str,
+    peer: str,
+    detail: str,
+) -> str:
+    """sha256(prev_hash || canonical entry), hex.
+
+    The canonical entry is compact JSON with sorted keys, UTF-8; it includes the entry's id so
+    that moving an entry to another position breaks its hash.
+    """
+    canonical = json.dumps(
+        {
+            "id": entry_id,
+            "time": audit_time(time),
+            "event": event,
+            "device": device_uri,
+            "thumbprint": thumbprint,
+            "peer": peer,
+            "detail": detail,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode("utf-8")
+    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical).hexdigest()
+
+
+def entry_hash(entry: AuditEntry) -> str:
+    return audit_hash(
+        entry.prev_hash,
+        entry.id,
+        entry.time,
+        entry.event,
+        entry.device_uri,
+        entry.thumbprint,
+        entry.peer,
+        entry.detail,
+    )
+
+
+class ChainVerifier:
+    """Walks audit entries in id order and remembers the first break.
+
+    Feed every entry with :meth:`feed`, then call :meth:`finish` with the head the database
+    recorded (last id and hash, updated in the same transaction as each append), which catches
+    entries deleted from the end of the log.
+    """
+
+    def __init__(self) -> None:
+        self._expected_id = 1
+        self._prev = GENESIS_HASH
+        self._count = 0
+        self._first_bad: int | None = None
+        self._problems: list[str] = []
+
+    def _bad(self, entry_id: int, problem: str) -> None:
+        if self._first_bad is None:
+            self._first_bad = entry_id
+        self._problems.append(problem)
+
+    def feed(self, entry: AuditEntry) -> None:
+        self._count += 1
+        if entry.id != self._expected_id:
+            if entry.id > self._expected_id:
+                missing = (
+                    f"entry {self._expected_id}"
+                    if entry.id == self._expected_id + 1
+                    else f"entries {self._expected_id}..{entry.id - 1}"
+                )
+                self._bad(self._expected_id, f"{missing} missing before entry {entry.id} (deleted)")
+            else:
+                self._bad(
+                    entry.id, f"entry {entry.id} out of order (expected id {self._expected_id})"
+                )
+        if entry_hash(entry) != entry.hash:
+            self._bad(
+                entry.id,
+                f"entry {entry.id} ({entry.event}, {audit_time(entry.time)}) "
+                "does not match its hash (edited or moved)",
+            )
+        elif entry.prev_hash != self._prev:
+            self._bad(
+                entry.id,
+                f"entry {entry.id} does not follow the entry before it "
+                "(an entry was deleted, inserted or reordered before it)",
+            )
+        self._expected_id = entry.id + 1
+        self._prev = entry.hash
+
+    def unreadable(self, entry_id: int, reason: str) -> None:
+        """An entry whose stored fields cannot even be parsed (edited by hand)."""
+        self._count += 1
+        self._bad(entry_id, f"entry {entry_id} is unreadable ({reason}): edited")
+        self._expected_id = entry_id + 1
+        self._prev = ""
+
+    def finish(self, head: tuple[int, str] | None) -> AuditVerification:
+        """Compare the end of the chain with the head (last id, last hash) the log recorded."""
+        last_id = self._expected_id - 1
+        if head is None:
+            self._bad(last_id + 1, "the audit head record is missing (deleted)")
+            head = (last_id, self._prev)
+        head_id, head_hash = head
+        if head_id > last_id:
+            self._bad(
+                last_id + 1,
+                f"the log ends at entry {last_id} but entries up to "
+                f"{head_id} were written (deleted at the end)",
+            )
+        elif head_id < last_id:
+            self._bad(
+                head_id + 1,
+                f"entries after {head_id} were not written through the log (inserted at the end)",
+            )
+        elif head_hash != self._prev:
+            self._bad(last_id, f"entry {last_id} is not the entry last written (replaced)")
+        ok = self._first_bad is None
+        return AuditVerification(
+            ok=ok,
+            entries=self._count,
+            head_hash=self._prev,
+            first_bad_id=self._first_bad,
+            problem=None if ok else self._problems[0],
+            details=tuple(self._problems),
+        )
