@@ -48,7 +48,15 @@ _COLUMNS = (
     "seq, meter_id, rkey, quantity, unit, value, kind, logger_us, meter_time, flags, "
     "storage, tariff, subunit, function"
 )
-_WAL_LIMIT = 4 * 1024 * 1024  # truncate the WAL back to this after a checkpoint
+WAL_PAGES = 256
+"""Checkpoint the WAL into the database every this many pages (1 MiB with 4 KiB pages).
+
+SQLite's default (1000 pages, 4 MiB) lets the WAL take more room than a nearly full card may
+have; a smaller WAL bounds the space a commit can need beyond ``min_free_bytes``. Pages
+appended by new readings are written twice either way (WAL, then database), so checkpointing
+more often costs little extra wear."""
+RESERVE_BYTES = 2 * WAL_PAGES * 4096
+"""Disk kept aside (``<database>.reserve``) and given back when the filesystem is full."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +153,7 @@ class SqliteStore:
         else:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._db = self._open_checked()
+            self._make_reserve()
         self._epoch = self._meta("epoch")
         self._bytes = int(
             self._db.execute("SELECT coalesce(sum(size), 0) FROM readings").fetchone()[0]
@@ -264,7 +273,9 @@ class SqliteStore:
         if str(mode).lower() != "wal":
             raise StoreError(f"cannot switch the buffer to WAL mode (got {mode!r})")
         db.execute("PRAGMA synchronous=FULL")
-        db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
+        db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+        page = int(db.execute("PRAGMA page_size").fetchone()[0])
+        db.execute(f"PRAGMA journal_size_limit={WAL_PAGES * page * 5 // 4}")
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
@@ -413,8 +424,15 @@ class SqliteStore:
             sizes = sum(reading_size(r) for r in readings)
             if self._limits.policy.value == "drop_oldest" and self._depth() > 0:
                 try:
-                    self._make_room(sizes, now)
-                    return self._commit(readings, now)
+                    # Release the reserve, move the WAL into the file and restart it, free old
+                    # rows and move that in too: the retry then writes into reused pages.
+                    self._release_reserve()
+                    self._checkpoint()
+                    self._make_room(max(sizes, 64 * 1024), now)
+                    self._checkpoint()
+                    result = self._commit(readings, now)
+                    self._make_reserve()
+                    return result
                 except sqlite3.Error as exc:
                     self._rollback()
                     _LOGGER.error(
@@ -529,6 +547,42 @@ class SqliteStore:
         self._db.execute("COMMIT")
         self._bytes -= freed
 
+    @property
+    def _reserve_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".reserve")
+
+    def _make_reserve(self) -> None:
+        """Keep :data:`RESERVE_BYTES` of disk aside for the day the filesystem fills.
+
+        On a full disk SQLite cannot even delete: the WAL must be checkpointed into the
+        database first, which may need new pages. Giving the reserve back at that moment lets
+        the drop-oldest policy run; ``min_free_bytes`` normally keeps it from ever coming to
+        this.
+        """
+        if self._reserve_path.exists():
+            return
+        try:
+            with open(self._reserve_path, "wb") as f:
+                os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES)
+        except OSError as exc:
+            _LOGGER.warning(
+                "buffer %s: cannot set %d bytes aside for a full disk: %s",
+                self.path,
+                RESERVE_BYTES,
+                exc,
+            )
+            self._reserve_path.unlink(missing_ok=True)
+
+    def _release_reserve(self) -> None:
+        if self._reserve_path.exists():
+            self._reserve_path.unlink()
+            _LOGGER.warning(
+                "buffer %s: disk full, released the reserve of %d bytes", self.path, RESERVE_BYTES
+            )
+
+    def _checkpoint(self) -> None:
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
     def _rollback(self) -> None:
         if self._db.in_transaction:
             try:
@@ -556,7 +610,7 @@ class SqliteStore:
     def acknowledge(
         self, epoch: str, up_to_seq: int | None = None, seqs: Sequence[int] = ()
     ) -> int:
-        """Delete what the receiver confirmed: every seq ≤ ``up_to_seq`` and/or the listed
+        """Delete what the receiver confirmed: every seq <= ``up_to_seq`` and/or the listed
         ``seqs``. An acknowledgement for another epoch deletes nothing (it refers to a store
         that no longer exists here). Returns the number of readings deleted."""
         self._writable()
@@ -570,38 +624,48 @@ class SqliteStore:
             return 0
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                deleted = 0
-                freed = 0
-                if up_to_seq is not None:
-                    freed += int(
-                        self._db.execute(
-                            "SELECT coalesce(sum(size), 0) FROM readings WHERE seq <= ?",
-                            (up_to_seq,),
-                        ).fetchone()[0]
-                    )
-                    deleted += self._db.execute(
-                        "DELETE FROM readings WHERE seq <= ?", (up_to_seq,)
-                    ).rowcount
-                listed = sorted(set(seqs))
-                for i in range(0, len(listed), 500):
-                    chunk = listed[i : i + 500]
-                    marks = ",".join("?" * len(chunk))
-                    freed += int(
-                        self._db.execute(
-                            f"SELECT coalesce(sum(size), 0) FROM readings WHERE seq IN ({marks})",
-                            chunk,
-                        ).fetchone()[0]
-                    )
-                    deleted += self._db.execute(
-                        f"DELETE FROM readings WHERE seq IN ({marks})", chunk
-                    ).rowcount
-                self._db.execute("COMMIT")
+                return self._acknowledge(up_to_seq, seqs)
+            except sqlite3.Error as exc:
+                self._rollback()
+                if not _is_disk_full(exc):
+                    raise StoreError(f"{self.path}: acknowledgement failed: {exc}") from exc
+            # Deleting needs WAL space too: give the reserve back, checkpoint, retry once.
+            try:
+                self._release_reserve()
+                self._checkpoint()
+                return self._acknowledge(up_to_seq, seqs)
             except sqlite3.Error as exc:
                 self._rollback()
                 raise StoreError(f"{self.path}: acknowledgement failed: {exc}") from exc
-            self._bytes -= freed
-            return deleted
+
+    def _acknowledge(self, up_to_seq: int | None, seqs: Sequence[int]) -> int:
+        self._db.execute("BEGIN IMMEDIATE")
+        deleted = 0
+        freed = 0
+        if up_to_seq is not None:
+            freed += int(
+                self._db.execute(
+                    "SELECT coalesce(sum(size), 0) FROM readings WHERE seq <= ?", (up_to_seq,)
+                ).fetchone()[0]
+            )
+            deleted += self._db.execute(
+                "DELETE FROM readings WHERE seq <= ?", (up_to_seq,)
+            ).rowcount
+        listed = sorted(set(seqs))
+        for i in range(0, len(listed), 500):
+            chunk = listed[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            freed += int(
+                self._db.execute(
+                    f"SELECT coalesce(sum(size), 0) FROM readings WHERE seq IN ({marks})", chunk
+                ).fetchone()[0]
+            )
+            deleted += self._db.execute(
+                f"DELETE FROM readings WHERE seq IN ({marks})", chunk
+            ).rowcount
+        self._db.execute("COMMIT")
+        self._bytes -= freed
+        return deleted
 
     def read(self, since_seq: int = 0, max_n: int = 1000) -> list[StoredReading]:
         """Pending readings with ``seq > since_seq`` (for export), oldest first."""
