@@ -426,6 +426,7 @@ class ReadOut(Procedure):
         "_tries",
         "address",
         "attempts",
+        "check_address",
         "complete",
         "max_telegrams",
         "pause_after_reset",
@@ -447,6 +448,7 @@ class ReadOut(Procedure):
         retries: int = 3,
         max_telegrams: int = 16,
         pause_after_reset: float = 0.0,
+        check_address: bool = True,
     ) -> None:
         Procedure.__init__(self)
         if (address is None) == (secondary is None):
@@ -464,6 +466,7 @@ class ReadOut(Procedure):
         self.retries = retries
         self.max_telegrams = max_telegrams
         self.pause_after_reset = pause_after_reset
+        self.check_address = check_address
         self.telegrams: list[bytes] = []
         self.complete = False
         self.attempts = 0
@@ -475,6 +478,16 @@ class ReadOut(Procedure):
             self._step = self.STEP_SELECT
         else:
             self._step = self.STEP_REQUEST
+
+    def _address_ok(self, frame: "frames.Frame | None") -> bool:
+        # A late answer of another meter must not pass as this one's (primary reads only).
+        if not self.check_address or self.address is None or frame is None:
+            return True
+        return self.address > frames.ADDR_MAX_PRIMARY or frame.a == self.address
+
+    def _address_reason(self, answer: Answer) -> str:
+        a = answer.frame.a if answer.frame is not None else None
+        return "answer from address %s, not %s" % (a, self.address)
 
     def name(self) -> str:
         if self.address is not None:
@@ -497,6 +510,9 @@ class ReadOut(Procedure):
     def _answer(self, request: Request, answer: Answer) -> None:
         self.attempts += 1
         ok = answer.kind == (RSP if request.expect == EXPECT_RSP else ACK)
+        if ok and answer.kind == RSP and not self._address_ok(answer.frame):
+            ok = False
+            answer = Answer(INVALID, answer.frame, answer.raw, self._address_reason(answer))
         if not ok:
             self._tries += 1
             if self._tries > self.retries:
