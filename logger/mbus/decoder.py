@@ -60,13 +60,21 @@ def _bcd(data, msb):
     return (-value if neg else value), digits, False
 
 
-def _date_g(b0, b1):
+def _date_g(b0, b1, hundreds=0):
+    """Date of type G (and the date part of F and I) as ISO 8601, or None if invalid.
+
+    The year field has two digits (0-99; 100-127 are invalid). Type F adds a hundred-year
+    field; when it is 0, years 0-80 are 2000-2080 and 81-99 are 1981-1999 (EN 13757-3's
+    compatibility rule for meters without it).
+    """
     day = b0 & 0x1F
     month = b1 & 0x0F
     year = ((b0 & 0xE0) >> 5) | ((b1 & 0xF0) >> 1)
     if not (1 <= day <= 31 and 1 <= month <= 12 and year <= 99):
         return None
-    return "%04d-%02d-%02d" % (2000 + year, month, day)
+    if hundreds == 0 and year <= 80:
+        hundreds = 1
+    return "%04d-%02d-%02d" % (1900 + 100 * hundreds + year, month, day)
 
 
 def _datetime(data, flags):
@@ -89,7 +97,7 @@ def _datetime(data, flags):
         if not data[0] & 0x80:
             minute = data[0] & 0x3F
             hour = data[1] & 0x1F
-            date = _date_g(data[2], data[3])
+            date = _date_g(data[2], data[3], (data[1] & 0x60) >> 5)
             if date is not None and minute < 60 and hour < 24:
                 text = "%sT%02d:%02d" % (date, hour, minute)
             if data[1] & 0x80:
