@@ -20,7 +20,7 @@ Semantics every backend guarantees (ARCHITECTURE.md, "Exactly once" and "Exact v
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -264,7 +264,7 @@ class Storage(Protocol):
         device_uri: str | None = None,
         meter: str | None = None,
         since: datetime | None = None,
-    ) -> AsyncIterator[StoredReading]:
+    ) -> AsyncGenerator[StoredReading, None]:
         """Stream stored readings in arrival order, optionally filtered (``since``: logger
         time at or after)."""
 

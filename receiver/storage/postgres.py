@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -413,7 +413,7 @@ class PostgresStorage:
         device_uri: str | None = None,
         meter: str | None = None,
         since: datetime | None = None,
-    ) -> AsyncIterator[StoredReading]:
+    ) -> AsyncGenerator[StoredReading, None]:
         where = ["true"]
         args: list[Any] = []
         if device_uri is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -430,7 +430,7 @@ class SqliteStorage:
         device_uri: str | None = None,
         meter: str | None = None,
         since: datetime | None = None,
-    ) -> AsyncIterator[StoredReading]:
+    ) -> AsyncGenerator[StoredReading, None]:
         # Keyset pagination on the row id: no statement stays open between chunks, so pushes
         # on the same connection interleave freely while an export streams.
         where = ["r.id > ?"]
