@@ -13,7 +13,7 @@ MicroPython-clean.
 """
 
 from logger.mbus import frames
-from logger.mbus.errors import DecodeError, FrameError, IncompleteFrame, UnsupportedCI
+from logger.mbus.errors import DecodeError, IncompleteFrame, UnsupportedCI
 from logger.mbus.records import parse_records
 
 CI_ERROR = 0x70
@@ -34,47 +34,64 @@ FIXED_LENGTH = 16
 USER_DATA = 7  # offset of the first byte after CI in a long frame
 
 _CI_NAMES = {
-    0x50: "application reset", 0x51: "data send (master to slave)",
-    0x52: "selection of slaves", 0x56: "selection of slaves (mode 2)",
-    0x71: "alarm status", 0x7B: "wireless M-Bus long header",
+    0x50: "application reset",
+    0x51: "data send (master to slave)",
+    0x52: "selection of slaves",
+    0x56: "selection of slaves (mode 2)",
+    0x71: "alarm status",
+    0x7B: "wireless M-Bus long header",
 }
 
 
 class Telegram:
     """One frame's application layer, split but not interpreted."""
 
-    __slots__ = ("c", "a", "ci", "kind", "header", "records", "more", "error_code",
-                 "error_data", "msb", "fixed")
+    __slots__ = (
+        "a",
+        "c",
+        "ci",
+        "error_code",
+        "error_data",
+        "fixed",
+        "header",
+        "kind",
+        "more",
+        "msb",
+        "records",
+    )
 
-    def __init__(self, c, a, ci, kind):
+    def __init__(self, c: int, a: int, ci: int, kind: str) -> None:
         self.c = c
         self.a = a
         self.ci = ci
         self.kind = kind
-        self.header = None  # bytes of the long (12) or short (4) header, or None
-        self.records = []
+        self.header: bytes | None = None  # the long (12) or short (4) header, or None
+        self.records: list = []
         self.more = False
-        self.error_code = None
+        self.error_code = 0
         self.error_data = b""
         self.msb = False
-        self.fixed = None  # the 16 bytes of a fixed data structure
+        self.fixed = b""  # the 16 bytes of a fixed data structure
 
 
-def split_frame(data):
+def split_frame(data: bytes) -> tuple[int, int, int, bytes]:
     """The link layer of a whole frame: (C, A, CI, user data). Long and control frames only."""
     if not data:
         raise IncompleteFrame("empty input", 0, "a long frame (68 L L 68 ...)")
     if data[0] != frames.LONG_START:
         if data[0] in (frames.ACK_BYTE, frames.SHORT_START):
             frames.parse_frame(data)  # reports a broken short frame precisely
-            raise DecodeError("a %s frame carries no application data"
-                              % ("single-character" if data[0] == frames.ACK_BYTE else "short"),
-                              0, "a long frame (68 L L 68 ...)")
+            raise DecodeError(
+                "a %s frame carries no application data"
+                % ("single-character" if data[0] == frames.ACK_BYTE else "short"),
+                0,
+                "a long frame (68 L L 68 ...)",
+            )
     frame = frames.parse_frame(data)
     return frame.c, frame.a, frame.ci, frame.data
 
 
-def parse_telegram(data, libmbus=False):
+def parse_telegram(data: bytes, libmbus: bool = False) -> "Telegram":
     """Parse a whole frame into a :class:`Telegram` (raises an ``MBusError`` subclass)."""
     c, a, ci, user = split_frame(data)
     if ci == CI_ERROR:
@@ -86,8 +103,11 @@ def parse_telegram(data, libmbus=False):
         if libmbus and ci != CI_VARIABLE:
             raise UnsupportedCI("libmbus does not decode CI 0x%02X" % ci, 6, "CI 70, 72 or 73")
         if len(user) < LONG_HEADER:
-            raise DecodeError("variable data header truncated: %d of 12 bytes" % len(user),
-                              USER_DATA + len(user), "a 12-byte header")
+            raise DecodeError(
+                "variable data header truncated: %d of 12 bytes" % len(user),
+                USER_DATA + len(user),
+                "a 12-byte header",
+            )
         t = Telegram(c, a, ci, VARIABLE)
         t.msb = ci == CI_VARIABLE_MSB
         t.header = bytes(user[:LONG_HEADER])
@@ -100,8 +120,11 @@ def parse_telegram(data, libmbus=False):
         start = 0
         if ci == CI_SHORT_HEADER:
             if len(user) < SHORT_HEADER:
-                raise DecodeError("short header truncated: %d of 4 bytes" % len(user),
-                                  USER_DATA + len(user), "a 4-byte header")
+                raise DecodeError(
+                    "short header truncated: %d of 4 bytes" % len(user),
+                    USER_DATA + len(user),
+                    "a 4-byte header",
+                )
             t.header = bytes(user[:SHORT_HEADER])
             start = SHORT_HEADER
         t.records, t.more = parse_records(user, start, USER_DATA, libmbus)
@@ -110,8 +133,11 @@ def parse_telegram(data, libmbus=False):
         if libmbus and ci != CI_FIXED:
             raise UnsupportedCI("libmbus does not decode CI 0x%02X" % ci, 6, "CI 70, 72 or 73")
         if len(user) != FIXED_LENGTH:
-            raise DecodeError("fixed data structure of %d bytes" % len(user),
-                              USER_DATA + min(len(user), FIXED_LENGTH), "exactly 16 bytes")
+            raise DecodeError(
+                "fixed data structure of %d bytes" % len(user),
+                USER_DATA + min(len(user), FIXED_LENGTH),
+                "exactly 16 bytes",
+            )
         t = Telegram(c, a, ci, FIXED)
         t.msb = ci == CI_FIXED_MSB
         t.fixed = bytes(user)
@@ -119,10 +145,8 @@ def parse_telegram(data, libmbus=False):
     name = _CI_NAMES.get(ci)
     if name is None and frames.CI_BAUD_FIRST <= ci <= frames.CI_BAUD_FIRST + 7:
         name = "baud rate switch"
-    raise UnsupportedCI("unsupported CI 0x%02X%s" % (ci, " (" + name + ")" if name else ""), 6,
-                        "CI 70, 72, 73, 76, 77, 78 or 7A")
-
-
-def check_frame_error(exc):
-    """True if ``exc`` is a link-layer problem (for callers that report them differently)."""
-    return isinstance(exc, FrameError)
+    raise UnsupportedCI(
+        "unsupported CI 0x%02X%s" % (ci, " (" + name + ")" if name else ""),
+        6,
+        "CI 70, 72, 73, 76, 77, 78 or 7A",
+    )

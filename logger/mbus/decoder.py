@@ -14,7 +14,7 @@ MicroPython-clean.
 """
 
 from logger.mbus import tables
-from logger.mbus.application import ERROR, FIXED, parse_telegram
+from logger.mbus.application import ERROR, FIXED, Telegram, parse_telegram
 from logger.mbus.numbers import HEX2, dec_str, float32_decimal, hexstr
 from logger.mbus.records import storage_number, subunit, tariff
 
@@ -35,7 +35,7 @@ TEXT_VIF = tables.TEXT_VIF
 _NO_VIF_INFO = ("missing VIF extension", "", 1, 0, UNKNOWN)
 
 
-def _signed(data, msb):
+def _signed(data: bytes, msb: bool) -> int:
     n = int.from_bytes(data, "big" if msb else "little")
     bits = 8 * len(data)
     if n >> (bits - 1):
@@ -43,7 +43,7 @@ def _signed(data, msb):
     return n
 
 
-def _bcd(data, msb):
+def _bcd(data: bytes, msb: bool) -> tuple[int | None, str, bool]:
     """BCD digits (LSB byte first): (value or None, digit string as sent, error flag)."""
     if not msb:
         data = bytes(reversed(data))
@@ -60,7 +60,7 @@ def _bcd(data, msb):
     return (-value if neg else value), digits, False
 
 
-def _date_g(b0, b1, hundreds=0):
+def _date_g(b0: int, b1: int, hundreds: int = 0) -> str | None:
     """Date of type G (and the date part of F and I) as ISO 8601, or None if invalid.
 
     The year field has two digits (0-99; 100-127 are invalid). Type F adds a hundred-year
@@ -77,7 +77,7 @@ def _date_g(b0, b1, hundreds=0):
     return "%04d-%02d-%02d" % (1900 + 100 * hundreds + year, month, day)
 
 
-def _datetime(data, flags):
+def _datetime(data: bytes, flags: list[str]) -> tuple[str | None, str]:
     """Types G (2 bytes), J (3, time), F (4) and I (6) to ISO 8601 local time."""
     n = len(data)
     if n == 2:
@@ -115,13 +115,13 @@ def _datetime(data, flags):
             if data[0] & 0x40:
                 flags.append("summer time")
     else:
-        return None, None
+        return None, "datetime"  # not reached: callers pass 2, 3, 4 or 6 bytes
     if text is None:
         flags.append("invalid date")
     return text, kind
 
 
-def _vif_info(vif, vifes, text, flags):
+def _vif_info(vif: int, vifes: bytes, text: str | None, flags: list[str]) -> tuple:
     """(quantity, unit, multiplier, exponent, kind) and the combinable VIFEs that follow."""
     code = vif & 0x7F
     if code == 0x7D or code == 0x7B:
@@ -137,12 +137,12 @@ def _vif_info(vif, vifes, text, flags):
     return info, vifes
 
 
-def _record(rec, index, msb):
+def _record(rec: tuple, index: int, msb: bool) -> dict:
     offset, dif, difes, vif, vifes, text, data, lvar = rec
-    flags = []
+    flags: list[str] = []
     info, combinable = _vif_info(vif, vifes, text, flags)
     quantity, unit, multiplier, exponent, kind = info
-    modifiers = []
+    modifiers: list[str] = []
     date_vife = False
     for b in combinable:
         c = b & 0x7F
@@ -167,20 +167,24 @@ def _record(rec, index, msb):
         flags.append("manufacturer specific")
     key = HEX2[dif] + hexstr(difes) + HEX2[vif]
     if text is not None:
-        key += HEX2[len(text)] + hexstr(reversed([ord(ch) & 0xFF for ch in text]))
+        key += HEX2[len(text)] + hexstr([ord(ch) & 0xFF for ch in reversed(text)])
     key += hexstr(vifes)
     dfield = dif & 0x0F
-    value = None
-    mantissa = None
-    raw = None
-    vtype = "none"
+    value: str | None = None
+    mantissa: int | None = None
+    raw: int | str | None = None
+    vtype: str | None = "none"
     if dfield == 0 or dfield == 8:
         if dfield == 8:
             flags.append("selection for readout")
     elif dfield == 5:
         rawint = int.from_bytes(data, "big" if msb else "little")
-        raw = HEX2[rawint >> 24] + HEX2[(rawint >> 16) & 255] + HEX2[(rawint >> 8) & 255] \
+        raw = (
+            HEX2[rawint >> 24]
+            + HEX2[(rawint >> 16) & 255]
+            + HEX2[(rawint >> 8) & 255]
             + HEX2[rawint & 255]
+        )
         pair = float32_decimal(rawint)
         vtype = "real"
         if pair is None:
@@ -194,12 +198,14 @@ def _record(rec, index, msb):
         raw = hexstr(data)
     elif dfield >= 9 or (dfield == 13 and lvar < 0xE0):
         vtype = "bcd"
-        number, raw, bad = _bcd(data, msb)
-        if bad:
+        number, digits, bad = _bcd(data, msb)
+        if bad or number is None:
             flags.append("BCD error")
+            raw = digits
         else:
             if dfield == 13 and lvar >= 0xD0:
                 number = -number
+            raw = number
             mantissa = number * multiplier
     else:
         if (kind == DATE or kind == DATETIME or date_vife) and dfield in (2, 3, 4, 6):
@@ -209,12 +215,13 @@ def _record(rec, index, msb):
             raw = hexstr(data)
         elif kind == UNSIGNED or kind == MANUFACTURER:
             vtype = "int"
-            raw = int.from_bytes(data, "big" if msb else "little")
-            mantissa = raw
+            mantissa = int.from_bytes(data, "big" if msb else "little")
+            raw = mantissa
         else:
             vtype = "int"
-            raw = _signed(data, msb)
-            mantissa = raw * multiplier
+            number = _signed(data, msb)
+            raw = number
+            mantissa = number * multiplier
     if mantissa is not None:
         if raw is None:
             raw = mantissa
@@ -241,13 +248,14 @@ def _record(rec, index, msb):
     }
 
 
-def _manufacturer(lo, hi):
+def _manufacturer(lo: int, hi: int) -> str:
     code = lo | (hi << 8)
-    return (chr(((code >> 10) & 0x1F) + 64) + chr(((code >> 5) & 0x1F) + 64)
-            + chr((code & 0x1F) + 64))
+    return (
+        chr(((code >> 10) & 0x1F) + 64) + chr(((code >> 5) & 0x1F) + 64) + chr((code & 0x1F) + 64)
+    )
 
 
-def _status(status):
+def _status(status: int) -> list[str]:
     flags = []
     app = tables.STATUS_APPLICATION[status & 3]
     if app:
@@ -258,7 +266,7 @@ def _status(status):
     return flags
 
 
-def _id(data, msb):
+def _id(data: bytes, msb: bool) -> tuple[str, bool]:
     digits = hexstr(data if msb else bytes(reversed(data)))
     valid = True
     for ch in digits:
@@ -268,13 +276,20 @@ def _id(data, msb):
     return digits, valid
 
 
-def _header(h, msb):
+def _header(h: bytes, msb: bool) -> dict:
     if len(h) == 4:
         access, status, sig = h[0], h[1], h[2] | (h[3] << 8)
         return {
-            "id": None, "id_valid_bcd": None, "manufacturer": None, "version": None,
-            "medium": None, "medium_text": None, "access_number": access, "status": status,
-            "status_flags": _status(status), "signature": sig,
+            "id": None,
+            "id_valid_bcd": None,
+            "manufacturer": None,
+            "version": None,
+            "medium": None,
+            "medium_text": None,
+            "access_number": access,
+            "status": status,
+            "status_flags": _status(status),
+            "signature": sig,
         }
     ident, valid = _id(h[0:4], msb)
     if msb:
@@ -299,7 +314,7 @@ def _header(h, msb):
     }
 
 
-def _fixed(t):
+def _fixed(t: Telegram) -> tuple[dict, list[dict]]:
     d = t.fixed
     msb = t.msb
     ident, valid = _id(d[0:4], msb)
@@ -308,9 +323,15 @@ def _fixed(t):
     u2 = d[7]
     medium = ((u1 & 0xC0) >> 6) | ((u2 & 0xC0) >> 4)
     header = {
-        "id": ident, "id_valid_bcd": valid, "manufacturer": None, "version": None,
-        "medium": medium, "medium_text": tables.FIXED_MEDIUM[medium],
-        "access_number": d[4], "status": status, "status_flags": _status(status),
+        "id": ident,
+        "id_valid_bcd": valid,
+        "manufacturer": None,
+        "version": None,
+        "medium": medium,
+        "medium_text": tables.FIXED_MEDIUM[medium],
+        "access_number": d[4],
+        "status": status,
+        "status_flags": _status(status),
         "signature": None,
     }
     bcd = not status & 0x80
@@ -318,39 +339,56 @@ def _fixed(t):
     records = []
     for i in (0, 1):
         unit_code = (u1, u2)[i] & 0x3F
-        raw_bytes = d[8 + 4 * i:12 + 4 * i]
+        raw_bytes = d[8 + 4 * i : 12 + 4 * i]
         quantity, unit, exponent = tables.FIXED_UNITS[unit_code]
         flags = []
+        raw: int | str | None
         if bcd:
-            number, raw, bad = _bcd(raw_bytes, msb)
+            number, digits, bad = _bcd(raw_bytes, msb)
             vtype = "bcd"
+            raw = number
             if bad:
                 flags.append("BCD error")
+                raw = digits
         else:
             number = _signed(raw_bytes, msb)
             raw = number
             vtype = "int"
-        records.append({
-            "id": i, "key": "fixed%d" % i, "offset": 15 + 4 * i, "function": function,
-            "storage": 0, "tariff": 0, "subunit": 0, "quantity": quantity, "unit": unit,
-            "type": vtype, "value": None if number is None else dec_str(number, exponent),
-            "mantissa": number, "exponent": None if number is None else exponent,
-            "raw": raw, "modifiers": [], "flags": flags,
-        })
+        records.append(
+            {
+                "id": i,
+                "key": "fixed%d" % i,
+                "offset": 15 + 4 * i,
+                "function": function,
+                "storage": 0,
+                "tariff": 0,
+                "subunit": 0,
+                "quantity": quantity,
+                "unit": unit,
+                "type": vtype,
+                "value": None if number is None else dec_str(number, exponent),
+                "mantissa": number,
+                "exponent": None if number is None else exponent,
+                "raw": raw,
+                "modifiers": [],
+                "flags": flags,
+            }
+        )
     return header, records
 
 
-def decode(data):
+def decode(data: bytes) -> dict:
     """Decode one whole frame (bytes of a long or control frame) to a JSON-ready dict.
 
     Raises a subclass of :class:`logger.mbus.MBusError` naming the byte offset for anything
     malformed or unsupported; an application error (CI 0x70) is a result, not an exception.
     """
     t = parse_telegram(data)
-    out = {
+    records: list[dict] = []
+    out: dict = {
         "frame": {"c": t.c, "a": t.a, "ci": t.ci},
         "header": None,
-        "records": [],
+        "records": records,
         "more_records_follow": False,
         "manufacturer_data": None,
         "error": None,
@@ -368,7 +406,6 @@ def decode(data):
     if t.header is not None:
         out["header"] = _header(t.header, t.msb)
     msb = t.msb
-    records = out["records"]
     for rec in t.records:
         if rec[3] is None:
             out["manufacturer_data"] = hexstr(rec[6])

@@ -15,12 +15,12 @@ _HEX = "0123456789ABCDEF"
 HEX2 = tuple(_HEX[b >> 4] + _HEX[b & 15] for b in range(256))
 
 
-def hexstr(data, sep=""):
+def hexstr(data: bytes | bytearray | list[int], sep: str = "") -> str:
     """Upper-case hex of ``data`` (bytes-like), optionally separated (``"00 01"``)."""
     return sep.join([HEX2[b] for b in data])
 
 
-def dec_str(mantissa, exponent):
+def dec_str(mantissa: int, exponent: int) -> str:
     """Exact decimal text of ``mantissa * 10**exponent`` without trailing fractional zeros.
 
     ``dec_str(12345, -1) == "1234.5"``, ``dec_str(1000, -3) == "1"``, ``dec_str(7, 2) == "700"``.
@@ -42,11 +42,11 @@ def dec_str(mantissa, exponent):
     return text
 
 
-def _pow10(n):
+def _pow10(n: int) -> int:
     return 10**n
 
 
-def float32_decimal(raw):
+def float32_decimal(raw: int) -> tuple[int, int] | None:
     """The shortest ``(mantissa, exponent)`` whose value rounds to the float32 ``raw``.
 
     ``raw`` is the 4 bytes as an unsigned little-endian integer. Returns ``None`` for NaN and
@@ -132,6 +132,6 @@ def float32_decimal(raw):
     return (sign * m, 0)  # not reached for finite float32
 
 
-def float32_value(data):
+def float32_value(data: bytes) -> float:
     """The float32 of 4 little-endian bytes as a Python float (exact widening)."""
     return struct.unpack("<f", bytes(data))[0]

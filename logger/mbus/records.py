@@ -32,7 +32,7 @@ MAX_VIFE = 10
 MAX_TEXT_VIF = 128  # libmbus's buffer for a plain-text unit
 
 
-def lvar_length(lvar, libmbus):
+def lvar_length(lvar: int, libmbus: bool) -> int | None:
     """Number of data bytes announced by an LVAR byte, or ``None`` if it is reserved."""
     if lvar <= 0xBF:
         return lvar  # text, lvar characters
@@ -59,19 +59,21 @@ def lvar_length(lvar, libmbus):
     return None
 
 
-def _text(data):
+def _text(data: bytes) -> str:
     """Plain text as sent (last character first), read as Latin-1."""
     return "".join([chr(b) for b in reversed(data)])
 
 
-def parse_records(data, start, base=0, libmbus=False):
+def parse_records(
+    data: bytes, start: int, base: int = 0, libmbus: bool = False
+) -> tuple[list, bool]:
     """Split ``data[start:]`` into raw records; returns ``(records, more_records_follow)``.
 
     ``base`` is added to offsets in errors and records (the position of ``data[0]`` in the
     frame). Raises :class:`TruncatedRecord` when a record runs past the end and
     :class:`DecodeError` for other malformed records, naming the offset.
     """
-    records = []
+    records: list[tuple] = []
     more = False
     end = len(data)
     pos = start
@@ -84,7 +86,7 @@ def parse_records(data, start, base=0, libmbus=False):
         if dif == DIF_MANUFACTURER or dif == DIF_MORE_RECORDS:
             if dif == DIF_MORE_RECORDS:
                 more = True
-            records.append((base + offset, dif, b"", None, b"", None, bytes(data[pos + 1:]), None))
+            records.append((base + offset, dif, b"", None, b"", None, bytes(data[pos + 1 :]), None))
             break
         pos += 1
         difes = b""
@@ -94,8 +96,7 @@ def parse_records(data, start, base=0, libmbus=False):
                 if p >= end:
                     raise TruncatedRecord("record ends inside its DIFEs", base + p, "a DIFE")
                 if p - pos >= MAX_DIFE:
-                    raise DecodeError("more than %d DIFEs" % MAX_DIFE, base + p,
-                                      "at most 10 DIFEs")
+                    raise DecodeError("more than %d DIFEs" % MAX_DIFE, base + p, "at most 10 DIFEs")
                 b = data[p]
                 p += 1
                 if not b & 0x80:
@@ -109,16 +110,23 @@ def parse_records(data, start, base=0, libmbus=False):
         text = None
         if vif & 0x7F == 0x7C:
             if pos >= end:
-                raise TruncatedRecord("plain-text VIF without its length", base + pos,
-                                      "a length byte")
+                raise TruncatedRecord(
+                    "plain-text VIF without its length", base + pos, "a length byte"
+                )
             n = data[pos]
             if libmbus and n > MAX_TEXT_VIF:
-                raise DecodeError("plain-text VIF of %d characters is too long" % n,
-                                  base + pos, "at most %d" % MAX_TEXT_VIF)
+                raise DecodeError(
+                    "plain-text VIF of %d characters is too long" % n,
+                    base + pos,
+                    "at most %d" % MAX_TEXT_VIF,
+                )
             if pos + 1 + n > end:
-                raise TruncatedRecord("plain-text VIF of %d characters runs past the end" % n,
-                                      base + pos, "%d bytes" % (n + 1))
-            text = _text(data[pos + 1:pos + 1 + n])
+                raise TruncatedRecord(
+                    "plain-text VIF of %d characters runs past the end" % n,
+                    base + pos,
+                    "%d bytes" % (n + 1),
+                )
+            text = _text(data[pos + 1 : pos + 1 + n])
             pos += 1 + n
         vifes = b""
         if vif & 0x80:
@@ -127,8 +135,7 @@ def parse_records(data, start, base=0, libmbus=False):
                 if p >= end:
                     raise TruncatedRecord("record ends inside its VIFEs", base + p, "a VIFE")
                 if p - pos >= MAX_VIFE:
-                    raise DecodeError("more than %d VIFEs" % MAX_VIFE, base + p,
-                                      "at most 10 VIFEs")
+                    raise DecodeError("more than %d VIFEs" % MAX_VIFE, base + p, "at most 10 VIFEs")
                 b = data[p]
                 p += 1
                 if not b & 0x80:
@@ -139,8 +146,9 @@ def parse_records(data, start, base=0, libmbus=False):
         lvar = None
         if length is None:
             if pos >= end:
-                raise TruncatedRecord("variable-length record without its LVAR byte",
-                                      base + pos, "an LVAR byte")
+                raise TruncatedRecord(
+                    "variable-length record without its LVAR byte", base + pos, "an LVAR byte"
+                )
             lvar = data[pos]
             length = lvar_length(lvar, libmbus)
             if length is None:
@@ -148,24 +156,33 @@ def parse_records(data, start, base=0, libmbus=False):
                     length = 0  # libmbus leaves the byte to be read as the next DIF
                     lvar = None
                 else:
-                    raise DecodeError("reserved LVAR 0x%02X" % lvar, base + pos,
-                                      "LVAR 00-BF, C0-C9, D0-D9, E0-EF or F0-F6")
+                    raise DecodeError(
+                        "reserved LVAR 0x%02X" % lvar,
+                        base + pos,
+                        "LVAR 00-BF, C0-C9, D0-D9, E0-EF or F0-F6",
+                    )
             else:
                 pos += 1
         elif not libmbus and dif & 0x0F == 0x0F:
-            raise DecodeError("reserved special-function DIF 0x%02X" % dif, base + offset,
-                              "DIF 0F, 1F, 2F or a data DIF")
+            raise DecodeError(
+                "reserved special-function DIF 0x%02X" % dif,
+                base + offset,
+                "DIF 0F, 1F, 2F or a data DIF",
+            )
         if pos + length > end:
             raise TruncatedRecord(
                 "record data of %d bytes runs past the end (%d left)" % (length, end - pos),
-                base + pos, "%d data bytes" % length)
-        records.append((base + offset, dif, difes, vif, vifes, text,
-                        bytes(data[pos:pos + length]), lvar))
+                base + pos,
+                "%d data bytes" % length,
+            )
+        records.append(
+            (base + offset, dif, difes, vif, vifes, text, bytes(data[pos : pos + length]), lvar)
+        )
         pos += length
     return records, more
 
 
-def storage_number(dif, difes):
+def storage_number(dif: int, difes: bytes) -> int:
     n = (dif >> 6) & 1
     shift = 1
     for b in difes:
@@ -174,7 +191,7 @@ def storage_number(dif, difes):
     return n
 
 
-def tariff(difes):
+def tariff(difes: bytes) -> int:
     n = 0
     shift = 0
     for b in difes:
@@ -183,7 +200,7 @@ def tariff(difes):
     return n
 
 
-def subunit(difes):
+def subunit(difes: bytes) -> int:
     n = 0
     shift = 0
     for b in difes:

@@ -23,21 +23,23 @@ TEXT_VIF = 6  # plain-text VIF: the unit is given by the meter as text
 _S = (1, 60, 3600, 86400)  # seconds, minutes, hours, days
 
 
-def _range(table, start, count, quantity, unit, exp0, kind=NUMERIC):
+def _range(
+    table: list, start: int, count: int, quantity: str, unit: str, exp0: int, kind: int = NUMERIC
+) -> None:
     for n in range(count):
         table[start + n] = (quantity, unit, 1, exp0 + n, kind)
 
 
-def _durations(table, start, quantity, units=_S):
+def _durations(table: list, start: int, quantity: str, units: tuple = _S) -> None:
     for n in range(len(units)):
         table[start + n] = (quantity, "s", units[n], 0, NUMERIC)
 
 
-def _unknown(name):
+def _unknown(name: str) -> tuple:
     return (name, "", 1, 0, UNKNOWN)
 
 
-def _primary():
+def _primary() -> tuple:
     t = [_unknown("reserved")] * 128
     _range(t, 0x00, 8, "energy", "Wh", -3)
     _range(t, 0x08, 8, "energy", "J", 0)
@@ -70,7 +72,7 @@ def _primary():
     return tuple(t)
 
 
-def _fd():
+def _fd() -> tuple:
     t = [_unknown("reserved")] * 128
     _range(t, 0x00, 4, "credit", "currency units", -3)
     _range(t, 0x04, 4, "debit", "currency units", -3)
@@ -111,8 +113,12 @@ def _fd():
     )
     for code, name in names:
         t[code] = (name, "", 1, 0, NUMERIC)
-    for code, name in ((0x17, "error flags"), (0x18, "error mask"),
-                       (0x1A, "digital output"), (0x1B, "digital input")):
+    for code, name in (
+        (0x17, "error flags"),
+        (0x18, "error mask"),
+        (0x1A, "digital output"),
+        (0x1B, "digital input"),
+    ):
         t[code] = (name, "", 1, 0, UNSIGNED)
     t[0x1C] = ("baud rate", "Bd", 1, 0, NUMERIC)
     t[0x1D] = ("response delay time", "bit times", 1, 0, NUMERIC)
@@ -142,7 +148,7 @@ def _fd():
     return tuple(t)
 
 
-def _fb():
+def _fb() -> tuple:
     t = [_unknown("reserved")] * 128
     _range(t, 0x00, 2, "energy", "Wh", 5)
     _range(t, 0x02, 2, "reactive energy", "VARh", 3)
@@ -171,7 +177,7 @@ FD_VIF = _fd()
 FB_VIF = _fb()
 
 
-def _combinable():
+def _combinable() -> tuple:
     """Combinable (orthogonal) VIFE codes: name, exponent shift, is-date, is-error."""
     t = [("reserved", 0)] * 128
     errors = {
@@ -197,13 +203,34 @@ def _combinable():
     for code in range(0x20):
         t[code] = ("error: " + errors.get(code, "reserved"), 0)
     names = (
-        "per second", "per minute", "per hour", "per day", "per week", "per month",
-        "per year", "per revolution / measurement", "increment per input pulse on input 0",
-        "increment per input pulse on input 1", "increment per output pulse on output 0",
-        "increment per output pulse on output 1", "per litre", "per m^3", "per kg", "per K",
-        "per kWh", "per GJ", "per kW", "per (K*l)", "per V", "per A", "multiplied by s",
-        "multiplied by s/V", "multiplied by s/A", "start date(/time) of",
-        "VIF contains uncorrected unit", "accumulation only if positive contributions",
+        "per second",
+        "per minute",
+        "per hour",
+        "per day",
+        "per week",
+        "per month",
+        "per year",
+        "per revolution / measurement",
+        "increment per input pulse on input 0",
+        "increment per input pulse on input 1",
+        "increment per output pulse on output 0",
+        "increment per output pulse on output 1",
+        "per litre",
+        "per m^3",
+        "per kg",
+        "per K",
+        "per kWh",
+        "per GJ",
+        "per kW",
+        "per (K*l)",
+        "per V",
+        "per A",
+        "multiplied by s",
+        "multiplied by s/V",
+        "multiplied by s/A",
+        "start date(/time) of",
+        "VIF contains uncorrected unit",
+        "accumulation only if positive contributions",
         "accumulation of abs value only if negative contributions",
     )
     for i in range(len(names)):
@@ -215,21 +242,38 @@ def _combinable():
         for f in (0, 1):
             for b in (0, 1):
                 t[0x42 | (u << 3) | (f << 2) | b] = (
-                    "date(/time) of " + ("begin", "end")[b] + " of " + ("first", "last")[f]
-                    + " " + limit + " limit exceed", 0)
+                    "date(/time) of "
+                    + ("begin", "end")[b]
+                    + " of "
+                    + ("first", "last")[f]
+                    + " "
+                    + limit
+                    + " limit exceed",
+                    0,
+                )
         for f in (0, 1):
             for nn in range(4):
                 t[0x50 | (u << 3) | (f << 2) | nn] = (
-                    "duration of " + ("first", "last")[f] + " " + limit + " limit exceed ("
-                    + ("s", "min", "h", "d")[nn] + ")", 0)
+                    "duration of "
+                    + ("first", "last")[f]
+                    + " "
+                    + limit
+                    + " limit exceed ("
+                    + ("s", "min", "h", "d")[nn]
+                    + ")",
+                    0,
+                )
     for f in (0, 1):
         for nn in range(4):
             t[0x60 | (f << 2) | nn] = (
                 "duration of " + ("first", "last")[f] + " (" + ("s", "min", "h", "d")[nn] + ")",
-                0)
+                0,
+            )
         for b in (0, 1):
             t[0x6A | (f << 2) | b] = (
-                "date(/time) of " + ("begin", "end")[b] + " of " + ("first", "last")[f], 0)
+                "date(/time) of " + ("begin", "end")[b] + " of " + ("first", "last")[f],
+                0,
+            )
     for n in range(8):
         t[0x70 + n] = ("multiplicative correction 10^" + str(n - 6), n - 6)
     for n in range(4):
@@ -242,43 +286,85 @@ def _combinable():
 
 COMBINABLE_VIFE = _combinable()
 # Combinable VIFEs whose record carries a date/time rather than a number.
-DATE_VIFES = frozenset((0x39, 0x42, 0x43, 0x46, 0x47, 0x4A, 0x4B, 0x4E, 0x4F,
-                        0x6A, 0x6B, 0x6E, 0x6F))
+DATE_VIFES = frozenset(
+    (0x39, 0x42, 0x43, 0x46, 0x47, 0x4A, 0x4B, 0x4E, 0x4F, 0x6A, 0x6B, 0x6E, 0x6F)
+)
 
 FUNCTIONS = ("instantaneous", "maximum", "minimum", "error")
 
 MEDIUM = {
-    0x00: "Other", 0x01: "Oil", 0x02: "Electricity", 0x03: "Gas",
-    0x04: "Heat (outlet)", 0x05: "Steam", 0x06: "Warm water (30-90 °C)", 0x07: "Water",
-    0x08: "Heat cost allocator", 0x09: "Compressed air", 0x0A: "Cooling load meter (outlet)",
-    0x0B: "Cooling load meter (inlet)", 0x0C: "Heat (inlet)", 0x0D: "Heat / cooling load meter",
-    0x0E: "Bus / system component", 0x0F: "Unknown medium", 0x10: "Irrigation water",
-    0x11: "Water data logger", 0x12: "Gas data logger", 0x13: "Gas converter",
-    0x14: "Calorific value", 0x15: "Hot water (>= 90 °C)", 0x16: "Cold water",
-    0x17: "Dual register (hot/cold) water", 0x18: "Pressure", 0x19: "A/D converter",
-    0x1A: "Smoke detector", 0x1B: "Room sensor", 0x1C: "Gas detector",
-    0x20: "Breaker (electricity)", 0x21: "Valve (gas or water)", 0x25: "Customer unit (display)",
-    0x28: "Waste water", 0x29: "Garbage", 0x2A: "Carbon dioxide", 0x30: "Service tool",
-    0x31: "Communication controller (gateway)", 0x32: "Unidirectional repeater",
-    0x33: "Bidirectional repeater", 0x36: "Radio converter (system side)",
-    0x37: "Radio converter (meter side)", 0x38: "Wired adapter", 0xFF: "Placeholder",
+    0x00: "Other",
+    0x01: "Oil",
+    0x02: "Electricity",
+    0x03: "Gas",
+    0x04: "Heat (outlet)",
+    0x05: "Steam",
+    0x06: "Warm water (30-90 °C)",
+    0x07: "Water",
+    0x08: "Heat cost allocator",
+    0x09: "Compressed air",
+    0x0A: "Cooling load meter (outlet)",
+    0x0B: "Cooling load meter (inlet)",
+    0x0C: "Heat (inlet)",
+    0x0D: "Heat / cooling load meter",
+    0x0E: "Bus / system component",
+    0x0F: "Unknown medium",
+    0x10: "Irrigation water",
+    0x11: "Water data logger",
+    0x12: "Gas data logger",
+    0x13: "Gas converter",
+    0x14: "Calorific value",
+    0x15: "Hot water (>= 90 °C)",
+    0x16: "Cold water",
+    0x17: "Dual register (hot/cold) water",
+    0x18: "Pressure",
+    0x19: "A/D converter",
+    0x1A: "Smoke detector",
+    0x1B: "Room sensor",
+    0x1C: "Gas detector",
+    0x20: "Breaker (electricity)",
+    0x21: "Valve (gas or water)",
+    0x25: "Customer unit (display)",
+    0x28: "Waste water",
+    0x29: "Garbage",
+    0x2A: "Carbon dioxide",
+    0x30: "Service tool",
+    0x31: "Communication controller (gateway)",
+    0x32: "Unidirectional repeater",
+    0x33: "Bidirectional repeater",
+    0x36: "Radio converter (system side)",
+    0x37: "Radio converter (meter side)",
+    0x38: "Wired adapter",
+    0xFF: "Placeholder",
 }
 
 # Status byte of the header (EN 13757-3): bits 0-1 application state, then alarms.
 STATUS_APPLICATION = (None, "application busy", "application error", "abnormal condition")
-STATUS_BITS = ((0x04, "power low"), (0x08, "permanent error"), (0x10, "temporary error"),
-               (0x20, "manufacturer specific 1"), (0x40, "manufacturer specific 2"),
-               (0x80, "manufacturer specific 3"))
+STATUS_BITS = (
+    (0x04, "power low"),
+    (0x08, "permanent error"),
+    (0x10, "temporary error"),
+    (0x20, "manufacturer specific 1"),
+    (0x40, "manufacturer specific 2"),
+    (0x80, "manufacturer specific 3"),
+)
 
 # CI 0x70 application error codes (EN 13757-3), with libmbus's texts.
 APPLICATION_ERRORS = (
-    "Unspecified error", "Unimplemented CI-Field", "Buffer too long, truncated",
-    "Too many records", "Premature end of record", "More than 10 DIFE\u00b4s",
-    "More than 10 VIFE\u00b4s", "Reserved", "Application busy", "Too many readouts",
+    "Unspecified error",
+    "Unimplemented CI-Field",
+    "Buffer too long, truncated",
+    "Too many records",
+    "Premature end of record",
+    "More than 10 DIFE\u00b4s",
+    "More than 10 VIFE\u00b4s",
+    "Reserved",
+    "Application busy",
+    "Too many readouts",
 )
 
 
-def application_error_text(code):
+def application_error_text(code: int) -> str:
     if 0 <= code < len(APPLICATION_ERRORS):
         return APPLICATION_ERRORS[code]
     return "Unknown error (0x%02X)" % code
@@ -286,31 +372,86 @@ def application_error_text(code):
 
 # Fixed data structure (CI 0x73/0x77) counter units: (quantity, unit, exponent).
 FIXED_UNITS = (
-    ("time", "h,m,s", 0), ("date", "D,M,Y", 0),
-    ("energy", "Wh", 0), ("energy", "Wh", 1), ("energy", "Wh", 2), ("energy", "Wh", 3),
-    ("energy", "Wh", 4), ("energy", "Wh", 5), ("energy", "Wh", 6), ("energy", "Wh", 7),
+    ("time", "h,m,s", 0),
+    ("date", "D,M,Y", 0),
+    ("energy", "Wh", 0),
+    ("energy", "Wh", 1),
+    ("energy", "Wh", 2),
+    ("energy", "Wh", 3),
+    ("energy", "Wh", 4),
+    ("energy", "Wh", 5),
+    ("energy", "Wh", 6),
+    ("energy", "Wh", 7),
     ("energy", "Wh", 8),
-    ("energy", "J", 3), ("energy", "J", 4), ("energy", "J", 5), ("energy", "J", 6),
-    ("energy", "J", 7), ("energy", "J", 8), ("energy", "J", 9), ("energy", "J", 10),
+    ("energy", "J", 3),
+    ("energy", "J", 4),
+    ("energy", "J", 5),
+    ("energy", "J", 6),
+    ("energy", "J", 7),
+    ("energy", "J", 8),
+    ("energy", "J", 9),
+    ("energy", "J", 10),
     ("energy", "J", 11),
-    ("power", "W", 0), ("power", "W", 1), ("power", "W", 2), ("power", "W", 3),
-    ("power", "W", 4), ("power", "W", 5), ("power", "W", 6), ("power", "W", 7),
+    ("power", "W", 0),
+    ("power", "W", 1),
+    ("power", "W", 2),
+    ("power", "W", 3),
+    ("power", "W", 4),
+    ("power", "W", 5),
+    ("power", "W", 6),
+    ("power", "W", 7),
     ("power", "W", 8),
-    ("power", "J/h", 3), ("power", "J/h", 4), ("power", "J/h", 5), ("power", "J/h", 6),
-    ("power", "J/h", 7), ("power", "J/h", 8), ("power", "J/h", 9), ("power", "J/h", 10),
+    ("power", "J/h", 3),
+    ("power", "J/h", 4),
+    ("power", "J/h", 5),
+    ("power", "J/h", 6),
+    ("power", "J/h", 7),
+    ("power", "J/h", 8),
+    ("power", "J/h", 9),
+    ("power", "J/h", 10),
     ("power", "J/h", 11),
-    ("volume", "m^3", -6), ("volume", "m^3", -5), ("volume", "m^3", -4),
-    ("volume", "m^3", -3), ("volume", "m^3", -2), ("volume", "m^3", -1),
-    ("volume", "m^3", 0), ("volume", "m^3", 1), ("volume", "m^3", 2),
-    ("volume flow", "m^3/h", -6), ("volume flow", "m^3/h", -5), ("volume flow", "m^3/h", -4),
-    ("volume flow", "m^3/h", -3), ("volume flow", "m^3/h", -2), ("volume flow", "m^3/h", -1),
-    ("volume flow", "m^3/h", 0), ("volume flow", "m^3/h", 1), ("volume flow", "m^3/h", 2),
-    ("temperature", "°C", -3), ("units for H.C.A.", "", 0),
-    ("reserved", "", 0), ("reserved", "", 0), ("reserved", "", 0), ("reserved", "", 0),
-    ("same but historic", "", 0), ("without units", "", 0),
+    ("volume", "m^3", -6),
+    ("volume", "m^3", -5),
+    ("volume", "m^3", -4),
+    ("volume", "m^3", -3),
+    ("volume", "m^3", -2),
+    ("volume", "m^3", -1),
+    ("volume", "m^3", 0),
+    ("volume", "m^3", 1),
+    ("volume", "m^3", 2),
+    ("volume flow", "m^3/h", -6),
+    ("volume flow", "m^3/h", -5),
+    ("volume flow", "m^3/h", -4),
+    ("volume flow", "m^3/h", -3),
+    ("volume flow", "m^3/h", -2),
+    ("volume flow", "m^3/h", -1),
+    ("volume flow", "m^3/h", 0),
+    ("volume flow", "m^3/h", 1),
+    ("volume flow", "m^3/h", 2),
+    ("temperature", "°C", -3),
+    ("units for H.C.A.", "", 0),
+    ("reserved", "", 0),
+    ("reserved", "", 0),
+    ("reserved", "", 0),
+    ("reserved", "", 0),
+    ("same but historic", "", 0),
+    ("without units", "", 0),
 )
 FIXED_MEDIUM = (
-    "Other", "Oil", "Electricity", "Gas", "Heat", "Steam", "Hot water", "Water",
-    "Heat cost allocator", "Reserved", "Gas mode 2", "Heat mode 2", "Hot water mode 2",
-    "Water mode 2", "Heat cost allocator mode 2", "Reserved",
+    "Other",
+    "Oil",
+    "Electricity",
+    "Gas",
+    "Heat",
+    "Steam",
+    "Hot water",
+    "Water",
+    "Heat cost allocator",
+    "Reserved",
+    "Gas mode 2",
+    "Heat mode 2",
+    "Hot water mode 2",
+    "Water mode 2",
+    "Heat cost allocator mode 2",
+    "Reserved",
 )
