@@ -55,7 +55,7 @@ class PostgresServer:
         return self.url(name)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -120,7 +120,7 @@ def postgres_server(fsync: bool = True) -> Iterator[PostgresServer]:
         )
         last_error = ""
         for _attempt in range(5):
-            port = _free_port()
+            port = free_port()
             options = (
                 f"-p {port} -k {base} -c listen_addresses=127.0.0.1 "
                 f"-c fsync={'on' if fsync else 'off'} -c max_connections=100"
@@ -157,7 +157,7 @@ def postgres_server(fsync: bool = True) -> Iterator[PostgresServer]:
     finally:
         if started:
             subprocess.run(
-                _as_owner([str(pg_ctl), "-D", str(data), "-m", "fast", "-w", "stop"]),
+                _as_owner([str(pg_ctl), "-D", str(data), "-m", "immediate", "-w", "stop"]),
                 capture_output=True,
                 timeout=60,
             )
