@@ -131,12 +131,8 @@ class SyntheticMeter:
 
     @property
     def secondary(self) -> str:
-        return "%08d%04X%02X%02X" % (
-            self.ident,
-            manufacturer_code(self.manufacturer),
-            self.version & 0xFF,
-            self.medium & 0xFF,
-        )
+        man = manufacturer_code(self.manufacturer)
+        return f"{self.ident:08d}{man:04X}{self.version & 0xFF:02X}{self.medium & 0xFF:02X}"
 
     def snapshot(self) -> tuple[list[tuple[int, bytes]], dict[str, int]]:
         now = self.clock()
