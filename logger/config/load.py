@@ -605,14 +605,15 @@ def _meters(
     out: list[MeterConfig] = []
     ids: set[str] = set()
     for i, table in enumerate(raw):
+        raw_id = table.get("id") if isinstance(table, dict) else None
+        if isinstance(raw_id, str):
+            if raw_id in ids:
+                ck.fail((*path, i, "id"), f"meter id {raw_id!r} is used twice")
+                continue
+            ids.add(raw_id)
         meter = _meter(ck, table, (*path, i), default_interval, buses, check_buses)
-        if meter is None:
-            continue
-        if meter.id in ids:
-            ck.fail((*path, i, "id"), f"meter id {meter.id!r} is used twice")
-            continue
-        ids.add(meter.id)
-        out.append(meter)
+        if meter is not None:
+            out.append(meter)
     addresses: dict[tuple[str | None, object], str] = {}
     for i, meter in enumerate(out):
         key: tuple[str | None, object]
@@ -838,7 +839,7 @@ def parse(
     by_name = {b.name: b for b in buses}
     meters = _meters(ck, doc.get("meters", []), ("meters",), default_interval, by_name)
     if ck.problems:
-        raise ConfigError(ck.problems, source)
+        raise ConfigError(sorted(ck.problems, key=_line_key), source)
     return Config(
         installation,
         paths,
@@ -849,6 +850,11 @@ def parse(
         default_interval,
         source=Path(source) if source != "<config>" else None,
     )
+
+
+def _line_key(problem: Problem) -> int:
+    _, _, line = problem.where.rpartition(":")
+    return int(line) if line.isdigit() else 0
 
 
 def load(path: str | Path) -> Config:
