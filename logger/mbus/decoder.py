@@ -150,7 +150,7 @@ def _record(rec: tuple, index: int, msb: bool) -> dict:
             flags.append("manufacturer specific VIFE")
             break
         name, shift = _COMB[c]
-        if c < 0x20:
+        if c < 0x1D:
             if c:
                 flags.append(name)
             continue
@@ -196,7 +196,7 @@ def _record(rec: tuple, index: int, msb: bool) -> dict:
         vtype = "text"
         value = "".join([chr(b) for b in reversed(data)])
         raw = hexstr(data)
-    elif dfield >= 9 or (dfield == 13 and lvar < 0xE0):
+    elif (dfield >= 9 and dfield != 13) or (dfield == 13 and lvar < 0xE0):
         vtype = "bcd"
         number, digits, bad = _bcd(data, msb)
         if bad or number is None:

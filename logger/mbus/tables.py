@@ -155,12 +155,16 @@ def _fb() -> tuple:
     _range(t, 0x08, 2, "energy", "J", 8)
     _range(t, 0x10, 2, "volume", "m^3", 2)
     _range(t, 0x18, 2, "mass", "kg", 5)
+    _range(t, 0x1A, 2, "relative humidity", "%", -1)
     t[0x21] = ("volume", "feet^3", 1, -1, NUMERIC)
     _range(t, 0x22, 2, "volume", "american gallon", -1)
     t[0x24] = ("volume flow", "american gallon/min", 1, -3, NUMERIC)
     t[0x25] = ("volume flow", "american gallon/min", 1, 0, NUMERIC)
     t[0x26] = ("volume flow", "american gallon/h", 1, 0, NUMERIC)
     _range(t, 0x28, 2, "power", "W", 5)
+    t[0x2A] = ("phase U-U", "°", 1, -1, NUMERIC)
+    t[0x2B] = ("phase U-I", "°", 1, -1, NUMERIC)
+    _range(t, 0x2C, 4, "frequency", "Hz", -3)
     _range(t, 0x30, 2, "power", "J/h", 8)
     _range(t, 0x58, 4, "flow temperature", "°F", -3)
     _range(t, 0x5C, 4, "return temperature", "°F", -3)
@@ -202,6 +206,10 @@ def _combinable() -> tuple:
     }
     for code in range(0x20):
         t[code] = ("error: " + errors.get(code, "reserved"), 0)
+    # EN 13757-3:2013 took the last three codes for data-content markers.
+    t[0x1D] = ("standard conform data content", 0)
+    t[0x1E] = ("compact profile with register numbers", 0)
+    t[0x1F] = ("compact profile", 0)
     names = (
         "per second",
         "per minute",
