@@ -47,13 +47,14 @@ def enroll_device(
     pki.registry.check_new_device(serial, application_uri)
     if days > profile.MAX_END_ENTITY_DAYS or days < 1:
         raise profile.ProfileError(f"--days {days}: 1 to {profile.MAX_END_ENTITY_DAYS} allowed")
-    state = DeviceState.create(state_dir)
-    if state.has_identity() or state.has_certificate():
+    if (state_dir / "identity.json").exists() or (state_dir / "device-cert.pem").exists():
         raise EnrolmentError(
             f"{state_dir} already holds a device identity; enrolment needs an "
             "empty state directory (use 'device renew' for a new certificate)"
         )
     with undo_on_failure() as undo:
+        undo.file(state_dir)  # created here: removed again on failure
+        state = DeviceState.create(state_dir)
         for path in (
             state.identity_path,
             state.cert_path,
