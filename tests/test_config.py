@@ -46,7 +46,7 @@ def test_the_example_config_loads() -> None:
     assert config.uplink is not None and config.uplink.key_handle == 0x81000001
     kinds = {m.id: m.kind for m in config.meters}
     assert kinds["heat-main"] is MeterKind.MBUS and kinds["pv-inverter"] is MeterKind.MODBUS_TCP
-    assert config.meter("heat-flat-3").quirks.get("pause_after_snd_nke") == 20.0
+    assert config.meter("heat-flat-3").quirks.get("pause_after_nke") == 20.0
     assert config.meter("cold-water").secondary_address == "876543212C2D0107"
     assert config.meter("main-supply").interval_s == 300
     assert config.meter("heat-main").interval_s == 900

@@ -46,12 +46,16 @@ T = TypeVar("T")
 # Named workarounds, per protocol: name -> (type, meaning). Values are checked by type;
 # durations are given as "20s" / seconds and stored in seconds.
 QUIRKS: dict[str, dict[str, tuple[str, str]]] = {
+    # The names logger.bus.quirks.Quirks takes (Quirks.from_mapping(meter.quirks.values)).
     "mbus": {
-        "echo": ("bool", "the level converter echoes the master's own bytes; strip them"),
-        "pause_after_snd_nke": ("duration", "wait this long between SND_NKE and REQ_UD2"),
-        "skip_snd_nke": ("bool", "do not send SND_NKE before a read-out"),
+        "echo": ("bool", "the level converter echoes the master's own bytes; skip them"),
+        "pause_after_nke": ("duration", "wait this long between SND_NKE and REQ_UD2"),
+        "no_reset": ("bool", "do not send SND_NKE before a read-out"),
         "max_telegrams": ("int", "stop a multi-telegram read-out after this many telegrams"),
-        "response_timeout": ("duration", "override the timeout derived from the baud rate"),
+        "retries": ("count", "retries of a request without a valid answer"),
+        "timeout": ("duration", "answer timeout (default: derived from the baud rate)"),
+        "fallback_baudrate": ("baud", "the meter falls back to this rate after idling"),
+        "any_address": ("bool", "accept an answer whose address is not the meter's own"),
     },
     "modbus": {
         "pause_after_connect": ("duration", "wait after connecting before the first request"),
@@ -305,7 +309,11 @@ def _quirks(ck: _Checker, doc: Mapping[str, Any], path: KeyPath, protocol: str) 
         if kind == "bool":
             conv = _bool
         elif kind == "int":
-            conv = _int_in(1, 1000)
+            conv = _int_in(1, 255)
+        elif kind == "count":
+            conv = _int_in(0, 10)
+        elif kind == "baud":
+            conv = _choice_int((300, 600, 1200, 2400, 4800, 9600, 19200, 38400))
         else:
             conv = _duration_in(0, 120)
         got = ck.get(raw, (*path, "quirks"), name, conv)
