@@ -36,6 +36,8 @@ _NO_VIF_INFO = ("missing VIF extension", "", 1, 0, UNKNOWN)
 
 
 def _signed(data: bytes, msb: bool) -> int:
+    if not data:
+        return 0  # LVAR 0xE0: a binary number of no bytes
     n = int.from_bytes(data, "big" if msb else "little")
     bits = 8 * len(data)
     if n >> (bits - 1):

@@ -92,6 +92,7 @@ def test_variable_length_data() -> None:
     assert neg["value"] == "-1.234"
     binary = record("0D13" + "E3" + "FFFFFF")
     assert binary["type"] == "int" and binary["raw"] == -1
+    assert record("0D13" + "E0")["value"] == "0"  # found by fuzzing: empty binary number
     with pytest.raises(DecodeError) as info:
         decode(frame("0D13" + "F9" + "00"))
     assert info.value.offset == 7 + 12 + 2
