@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 NODE_DIR := tests/node
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev libtss2-tcti-swtpm0 pkg-config \
-	socat gcc python3-dev python3-venv postgresql nodejs npm openssl
+	socat gcc python3-dev python3-venv postgresql openssl
 DURATION ?= 0
 DEMO_DIR ?=
 PYTEST_ARGS ?=
@@ -26,6 +26,7 @@ apt:
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "Installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && \
