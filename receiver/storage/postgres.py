@@ -374,13 +374,17 @@ class PostgresStorage:
     async def _check_resent(
         conn: asyncpg.Connection, device_id: int, device_uri: str, epoch: str, rows: list[_rows.Row]
     ) -> None:
+        """Every row of the batch must now equal what is stored; else the batch is refused."""
+        # Sequences increase within a batch: one index range scan finds them all (an
+        # ``= ANY(array)`` filter degrades to a scan of the whole epoch).
         stored: dict[int, _rows.Row] = {}
         for rec in await conn.fetch(
             "SELECT seq, meter, record, value, unit, quantity, source_time, logger_time, flags "
-            "FROM readings WHERE device_id = $1 AND epoch = $2 AND seq = ANY($3::bigint[])",
+            "FROM readings WHERE device_id = $1 AND epoch = $2 AND seq BETWEEN $3 AND $4",
             device_id,
             epoch,
-            [r[0] for r in rows],
+            rows[0][0],
+            rows[-1][0],
         ):
             stored[rec[0]] = (
                 rec[0],

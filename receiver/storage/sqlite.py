@@ -388,27 +388,18 @@ class SqliteStorage:
     def _check_resent(
         db: sqlite3.Connection, device_id: int, device_uri: str, epoch: str, rows: list[_rows.Row]
     ) -> None:
-        """Every row of the batch must now equal what is stored; else the batch is refused."""
+        """Every row of the batch must now equal what is stored; else the batch is refused.
+
+        Sequences increase within a batch, so one index range scan finds every stored row.
+        """
         stored: dict[int, _rows.Row] = {}
-        for chunk_start in range(0, len(rows), 500):
-            chunk = [r[0] for r in rows[chunk_start : chunk_start + 500]]
-            marks = ",".join("?" * len(chunk))
-            for rec in db.execute(
-                "SELECT seq, meter, record, value, unit, quantity, source_time, logger_time, "
-                f"flags FROM readings WHERE device_id = ? AND epoch = ? AND seq IN ({marks})",
-                (device_id, epoch, *chunk),
-            ):
-                stored[rec[0]] = (
-                    rec[0],
-                    rec[1],
-                    rec[2],
-                    rec[3],
-                    rec[4],
-                    rec[5],
-                    _dt(rec[6]),
-                    _dt(rec[7]),
-                    rec[8],
-                )
+        for rec in db.execute(
+            "SELECT seq, meter, record, value, unit, quantity, source_time, logger_time, flags "
+            "FROM readings WHERE device_id = ? AND epoch = ? AND seq BETWEEN ? AND ?",
+            (device_id, epoch, rows[0][0], rows[-1][0]),
+        ):
+            stored[rec[0]] = (rec[0], rec[1], rec[2], rec[3], rec[4], rec[5], _dt(rec[6]),
+                              _dt(rec[7]), rec[8])  # fmt: skip
         for row in rows:
             old = stored[row[0]]
             if old != row:
