@@ -65,8 +65,11 @@ _MODELS: dict[str, tuple[str, str, int]] = {
 def value_at(spec: RegisterSpec, step: int, salt: int = 0) -> Decimal:
     """The value of ``spec`` at ``step``: counters grow, gauges wander (deterministic)."""
     start, delta, wander = _MODELS.get(spec.quantity, ("100", "1", 10))
-    grid = spec.scale if spec.type not in (RegisterType.FLOAT32, RegisterType.FLOAT64) else \
-        Decimal(delta)
+    grid = (
+        spec.scale
+        if spec.type not in (RegisterType.FLOAT32, RegisterType.FLOAT64)
+        else Decimal(delta)
+    )
     base = Decimal(start) + Decimal(salt % 7)
     if wander == 0:
         value = base + Decimal(delta) * step
@@ -79,9 +82,19 @@ def value_at(spec: RegisterSpec, step: int, salt: int = 0) -> Decimal:
 class ModbusSim:
     """One simulated meter (unit id) on TCP or on an RTU pty, in a background thread."""
 
-    def __init__(self, specs: Sequence[RegisterSpec], unit_id: int = 1, *, rtu: bool = False,
-                 host: str = "127.0.0.1", port: int = 0, baudrate: int = 9600,
-                 parity: str = "N", salt: int = 0, log: Path | None = None) -> None:
+    def __init__(
+        self,
+        specs: Sequence[RegisterSpec],
+        unit_id: int = 1,
+        *,
+        rtu: bool = False,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        baudrate: int = 9600,
+        parity: str = "N",
+        salt: int = 0,
+        log: Path | None = None,
+    ) -> None:
         self.specs = tuple(specs)
         self.unit_id = unit_id
         self.rtu = rtu
@@ -99,7 +112,8 @@ class ModbusSim:
         blocks: dict[RegisterFunction, list[SimData]] = {f: [] for f in RegisterFunction}
         for spec in self.specs:
             blocks[spec.function].append(
-                SimData(spec.address, spec.count, 0, DataType.REGISTERS, readonly=True))
+                SimData(spec.address, spec.count, 0, DataType.REGISTERS, readonly=True)
+            )
         for block in blocks.values():
             block.sort(key=lambda d: d.address)
             if not block:  # pymodbus wants every block non-empty: one unused register
@@ -108,7 +122,8 @@ class ModbusSim:
         self._device = SimDevice(
             unit_id,
             (bits, list(bits), blocks[RegisterFunction.HOLDING], blocks[RegisterFunction.INPUT]),
-            action=self._on_access)
+            action=self._on_access,
+        )
         self._words: dict[tuple[RegisterFunction, int], int] = {}
         self.reads = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -124,8 +139,10 @@ class ModbusSim:
     def values(self, step: int | None = None) -> dict[str, str]:
         """The exact values a logger reads at ``step`` (default: now)."""
         step = self.step if step is None else step
-        return {s.name: decode_value(s, encode_value(s, value_at(s, step, self.salt)))
-                for s in self.specs}
+        return {
+            s.name: decode_value(s, encode_value(s, value_at(s, step, self.salt)))
+            for s in self.specs
+        }
 
     def _write_step(self) -> None:
         words: dict[tuple[RegisterFunction, int], int] = {}
@@ -133,15 +150,26 @@ class ModbusSim:
             for i, word in enumerate(encode_value(spec, value_at(spec, self.step, self.salt))):
                 words[(spec.function, spec.address + i)] = word
         self._words = words
-        record = {"step": self.step, "time": time.time(), "unit_id": self.unit_id,
-                  "values": self.values()}
+        record = {
+            "step": self.step,
+            "time": time.time(),
+            "unit_id": self.unit_id,
+            "values": self.values(),
+        }
         self.served.append(record)
         if self.log is not None:
             with open(self.log, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
-    async def _on_access(self, function_code: int, start_address: int, address: int,
-                         count: int, registers: list[int], set_values: object) -> None:
+    async def _on_access(
+        self,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        set_values: object,
+    ) -> None:
         """Called by pymodbus on each request: put the current step's words in place."""
         function = RegisterFunction.HOLDING if function_code == 3 else RegisterFunction.INPUT
         with self._lock:
@@ -179,8 +207,7 @@ class ModbusSim:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
-        self._thread = threading.Thread(target=run, name=f"modbus-sim {self.unit_id}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=run, name=f"modbus-sim {self.unit_id}", daemon=True)
         self._thread.start()
         if not ready.wait(10) or failure:
             self.stop()
@@ -190,10 +217,16 @@ class ModbusSim:
     async def _listen(self) -> None:
         if self.rtu:
             self._server = ModbusSerialServer(
-                self._device, port=self._server_end, baudrate=self.baudrate,
+                self._device,
+                port=self._server_end,
+                baudrate=self.baudrate,
                 # A pty has no parity (MBUS.md): the meter's end is opened 8N1 whatever the
                 # line is configured for; the client may still ask for 8E1.
-                parity="N", stopbits=1, bytesize=8, timeout=1)
+                parity="N",
+                stopbits=1,
+                bytesize=8,
+                timeout=1,
+            )
         else:
             self._server = ModbusTcpServer(self._device, address=(self.host, self.port))
         await self._server.serve_forever(background=True)
@@ -209,9 +242,15 @@ class ModbusSim:
         self.device = os.path.join(self._tmp.name, "client")
         self._server_end = os.path.join(self._tmp.name, "meter")
         self._socat = subprocess.Popen(
-            [socat, "-d", f"pty,raw,echo=0,link={self.device}",
-             f"pty,raw,echo=0,link={self._server_end}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                socat,
+                "-d",
+                f"pty,raw,echo=0,link={self.device}",
+                f"pty,raw,echo=0,link={self._server_end}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.monotonic() + 10
         while not (os.path.exists(self.device) and os.path.exists(self._server_end)):
             if self._socat.poll() is not None or time.monotonic() > deadline:
@@ -245,8 +284,9 @@ class ModbusSim:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hil.modbus_sim",
-                                     description="Simulated Modbus energy meter.")
+    parser = argparse.ArgumentParser(
+        prog="python -m hil.modbus_sim", description="Simulated Modbus energy meter."
+    )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="eastron_sdm630")
     parser.add_argument("--unit", type=int, default=1, help="unit id (default 1)")
     where = parser.add_mutually_exclusive_group()
@@ -259,9 +299,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log", type=Path, help="append every step's values here (JSONL)")
     args = parser.parse_args(argv)
     host, _, port = args.tcp.rpartition(":")
-    sim = ModbusSim(PROFILES[args.profile], args.unit, rtu=args.rtu, host=host or "127.0.0.1",
-                    port=int(port or 0), baudrate=args.baud, parity=args.parity,
-                    salt=args.salt, log=args.log)
+    sim = ModbusSim(
+        PROFILES[args.profile],
+        args.unit,
+        rtu=args.rtu,
+        host=host or "127.0.0.1",
+        port=int(port or 0),
+        baudrate=args.baud,
+        parity=args.parity,
+        salt=args.salt,
+        log=args.log,
+    )
     sim.start()
     ready = {"device": sim.device} if args.rtu else {"tcp": f"{sim.host}:{sim.port}"}
     print(json.dumps({**ready, "unit_id": args.unit, "profile": args.profile}), flush=True)

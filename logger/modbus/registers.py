@@ -80,8 +80,11 @@ def shortest_float_text(value: float, width: int) -> str:
     packed = struct.pack(">f", value)
     for digits in range(1, 10):
         text = f"{value:.{digits}g}"
-        if struct.pack(">f", float(text)) == packed:
-            return text
+        try:
+            if struct.pack(">f", float(text)) == packed:
+                return text
+        except OverflowError:  # rounded up past the largest float32: needs more digits
+            continue
     return repr(value)  # pragma: no cover - 9 significant digits always round-trip float32
 
 
