@@ -183,7 +183,8 @@ class ModbusSim:
         with self._lock:
             self.step += steps
             self._write_step()
-            return self.served[-1]["values"]  # type: ignore[no-any-return]
+            values: dict[str, str] = self.served[-1]["values"]
+            return values
 
     # serving --------------------------------------------------------------------------------
 

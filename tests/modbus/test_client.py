@@ -96,10 +96,13 @@ def test_rtu_over_a_pty_shares_the_port_lock() -> None:
             # While another protocol holds the port, the read-out waits for it.
             done = threading.Event()
             result_box: list[object] = []
+
+            def work() -> None:
+                result_box.append(read_meter(client, meter, NOW))
+                done.set()
+
             with lock:
-                worker = threading.Thread(
-                    target=lambda: (result_box.append(read_meter(client, meter, NOW)), done.set())
-                )
+                worker = threading.Thread(target=work)
                 worker.start()
                 assert not done.wait(0.3), "read went ahead while the port was locked"
                 reads_while_locked = sim.reads
