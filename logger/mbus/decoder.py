@@ -167,10 +167,11 @@ def _record(rec: tuple, index: int, msb: bool) -> dict:
         exponent = 0
     elif kind == MANUFACTURER:
         flags.append("manufacturer specific")
-    key = HEX2[dif] + hexstr(difes) + HEX2[vif]
+    key = HEX2[dif] + hexstr(difes) + HEX2[vif] if difes else HEX2[dif] + HEX2[vif]
     if text is not None:
         key += HEX2[len(text)] + hexstr([ord(ch) & 0xFF for ch in reversed(text)])
-    key += hexstr(vifes)
+    if vifes:
+        key += hexstr(vifes)
     dfield = dif & 0x0F
     value: str | None = None
     mantissa: int | None = None
@@ -235,9 +236,9 @@ def _record(rec: tuple, index: int, msb: bool) -> dict:
         "key": key,
         "offset": offset,
         "function": _FUNCTIONS[(dif >> 4) & 3],
-        "storage": storage_number(dif, difes),
-        "tariff": tariff(difes),
-        "subunit": subunit(difes),
+        "storage": storage_number(dif, difes) if difes else (dif >> 6) & 1,
+        "tariff": tariff(difes) if difes else 0,
+        "subunit": subunit(difes) if difes else 0,
         "quantity": quantity,
         "unit": unit,
         "type": vtype,
