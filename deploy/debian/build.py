@@ -24,6 +24,7 @@ the interpreter and the architecture, so only the first build compiles tpm2-pyts
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -94,17 +95,27 @@ def python_tag(python: str) -> str:
 # The virtualenv
 
 
-def deps_venv(work: Path, python: str, arch: str) -> Path:
-    """The cached virtualenv holding exactly ``requirements/device.lock``."""
+def deps_venv(cache_root: Path, python: str, arch: str) -> Path:
+    """The cached virtualenv holding exactly ``requirements/device.lock``.
+
+    Builds running at the same time (``make deb`` and the tests) take turns on the cache.
+    """
+    cache_root.mkdir(parents=True, exist_ok=True)
+    with open(cache_root / ".lock", "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        return _deps_venv_locked(cache_root, python, arch)
+
+
+def _deps_venv_locked(cache_root: Path, python: str, arch: str) -> Path:
     lock_text = (REPO / "requirements" / "device.lock").read_text()
     key = hashlib.sha256(
         f"{lock_text}\n{python}\n{python_tag(python)}\n{arch}".encode()
     ).hexdigest()[:16]
-    cache = work / "cache" / f"venv-{arch}-{key}"
+    cache = cache_root / f"venv-{arch}-{key}"
     if (cache / ".complete").exists():
         return cache
     shutil.rmtree(cache, ignore_errors=True)
-    for stale in (work / "cache").glob(f"venv-{arch}-*"):
+    for stale in cache_root.glob(f"venv-{arch}-*"):
         shutil.rmtree(stale, ignore_errors=True)  # one cache per architecture is enough
     cache.parent.mkdir(parents=True, exist_ok=True)
     print(f"building the dependencies' virtualenv ({cache.name}); tpm2-pytss compiles once")
@@ -318,8 +329,15 @@ def control_files(root: Path, version: str, arch: str, depends: list[str]) -> No
     (debian / "md5sums").write_text("".join(sums))
 
 
-def build(out: Path, work: Path, *, compression: str = "xz", python: str = SYSTEM_PYTHON) -> Path:
-    """Build the .deb into ``out``; returns its path."""
+def build(
+    out: Path,
+    work: Path,
+    *,
+    cache: Path | None = None,
+    compression: str = "xz",
+    python: str = SYSTEM_PYTHON,
+) -> Path:
+    """Build the .deb into ``out`` (staging in ``work``); returns its path."""
     for tool in ("dpkg-deb", "dpkg", "readelf"):
         if shutil.which(tool) is None:
             raise BuildError(f"{tool} is needed to build the package")
@@ -333,12 +351,12 @@ def build(out: Path, work: Path, *, compression: str = "xz", python: str = SYSTE
     version = project_version()
     arch = architecture()
     work.mkdir(parents=True, exist_ok=True)
-    cache = deps_venv(work, python, arch)
-    wheel = project_wheel(work, cache)
+    venv = deps_venv(cache or work / "cache", python, arch)
+    wheel = project_wheel(work, venv)
     root = work / "root"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir()
-    release = stage_release(root, cache, wheel, version, arch)
+    release = stage_release(root, venv, wheel, version, arch)
     stage_files(root, version)
     depends = shlib_depends(release)
     control_files(root, version, arch, depends)
@@ -370,11 +388,22 @@ def main(argv: list[str] | None = None) -> int:
         "--work", type=Path, default=REPO / "build" / "deb", help="staging and cache directory"
     )
     parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="dependency virtualenv cache (default WORK/cache)",
+    )
+    parser.add_argument(
         "--compression", choices=("xz", "gzip", "none"), default="xz", help="dpkg-deb -Z"
     )
     args = parser.parse_args(argv)
     try:
-        deb = build(args.out.resolve(), args.work.resolve(), compression=args.compression)
+        deb = build(
+            args.out.resolve(),
+            args.work.resolve(),
+            cache=args.cache.resolve() if args.cache else None,
+            compression=args.compression,
+        )
     except BuildError as exc:
         print(f"deb build: {exc}", file=sys.stderr)
         return 1
