@@ -1,0 +1,192 @@
+"""Storage cost of the buffer: bytes written and fsyncs per reading, and memory over time.
+
+A poll cycle is 100 meters with one value each. Two ways of storing it, side by side in one
+run on the same filesystem:
+
+* ``tick``: the product's way, one transaction per schedule tick (``commit_tick`` of 100);
+* ``per value``: one transaction per reading (what a naive logger does), for the ratio.
+
+Bytes are the process's own counters from ``/proc/self/io`` (``write_bytes``: what reached
+the block layer; ``wchar``: what went through write calls); fsync and fdatasync calls are
+counted by running the workload under ``strace -c``. A run with zero cycles is subtracted,
+so opening the database does not count. Then 10,000 accelerated cycles (commit, and an uplink
+draining acknowledged batches as in service) sample the resident set size: it must stay flat.
+
+Run: ``.venv/bin/python -m tests.bench.bench_store [--cycles N] [--memory-cycles N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from logger.store.api import BufferLimits
+from logger.store.sqlite import SqliteStore
+from tests.support.store import T0, FakeUplink, make_tick
+
+METERS = 100
+
+
+def _io() -> dict[str, int]:
+    out = {}
+    for line in Path("/proc/self/io").read_text().splitlines():
+        key, _, value = line.partition(":")
+        out[key.strip()] = int(value)
+    return out
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def child(mode: str, cycles: int, directory: str) -> None:
+    """The measured workload (runs in a subprocess under strace)."""
+    store = SqliteStore(
+        Path(directory) / "buffer.db",
+        BufferLimits(max_bytes=None, max_age_s=None, min_free_bytes=0),
+    )
+    os.sync()
+    before = _io()
+    t0 = time.perf_counter()
+    for c in range(cycles):
+        at = T0 + timedelta(minutes=15 * c)
+        tick = make_tick(METERS, at)
+        if mode == "tick":
+            store.commit_tick(tick, now=at)
+        else:
+            for reading in tick:
+                store.commit_tick([reading], now=at)
+    elapsed = time.perf_counter() - t0
+    after = _io()
+    store.close()
+    print(
+        json.dumps(
+            {
+                "write_bytes": after["write_bytes"] - before["write_bytes"],
+                "wchar": after["wchar"] - before["wchar"],
+                "seconds": elapsed,
+            }
+        )
+    )
+
+
+def _strace_count(out: Path) -> int:
+    total = 0
+    for line in out.read_text().splitlines():
+        parts = line.split()
+        if parts and parts[-1] in ("fsync", "fdatasync"):
+            # "% time seconds usecs/call calls [errors] syscall"
+            total += int(parts[3])
+    return total
+
+
+def measure(mode: str, cycles: int, base: Path) -> dict[str, float]:
+    strace = shutil.which("strace")
+    with tempfile.TemporaryDirectory(dir=base) as d:
+        out = Path(d) / "strace.txt"
+        cmd = [
+            sys.executable,
+            "-m",
+            "tests.bench.bench_store",
+            "--child",
+            mode,
+            "--cycles",
+            str(cycles),
+            "--dir",
+            d,
+        ]
+        if strace:
+            cmd = [strace, "-f", "-c", "-e", "trace=fsync,fdatasync", "-o", str(out), *cmd]
+        result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        figures = json.loads(result.stdout.strip().splitlines()[-1])
+        figures["fsync"] = _strace_count(out) if strace else float("nan")
+    return figures
+
+
+def per_reading(mode: str, cycles: int, base: Path) -> dict[str, float]:
+    empty = measure(mode, 0, base)
+    full = measure(mode, cycles, base)
+    n = cycles * METERS
+    return {
+        "fsync": (full["fsync"] - empty["fsync"]) / n,
+        "write_bytes": (full["write_bytes"] - empty["write_bytes"]) / n,
+        "wchar": (full["wchar"] - empty["wchar"]) / n,
+        "readings_per_s": n / full["seconds"],
+    }
+
+
+def memory(cycles: int, base: Path) -> list[tuple[int, int]]:
+    samples: list[tuple[int, int]] = []
+    with tempfile.TemporaryDirectory(dir=base) as d:
+        store = SqliteStore(
+            Path(d) / "buffer.db",
+            BufferLimits(max_bytes=64 * 1024 * 1024, max_age_s=None, min_free_bytes=0),
+        )
+        uplink = FakeUplink()
+        for c in range(cycles):
+            at = T0 + timedelta(minutes=15 * c)
+            store.commit_tick(make_tick(METERS, at), now=at)
+            if c % 10 == 9:  # the uplink drains every ten ticks
+                uplink.drain(store, max_n=5000)
+                uplink.received.clear()  # the receiver keeps them, not this process
+            if c % (cycles // 10 or 1) == 0 or c == cycles - 1:
+                samples.append((c + 1, _rss_kib()))
+        store.close()
+    return samples
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cycles", type=int, default=200)
+    parser.add_argument("--memory-cycles", type=int, default=10_000)
+    parser.add_argument("--dir", default=None, help="filesystem to measure on (default: cwd)")
+    parser.add_argument("--child", choices=("tick", "value"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.cycles, args.dir)
+        return 0
+    base = Path(args.dir or os.getcwd())
+    fs = subprocess.run(["df", "-T", str(base)], capture_output=True, text=True).stdout
+    print(f"filesystem: {fs.splitlines()[-1].split()[1] if fs else '?'} at {base}")
+    print(f"{METERS} meters per cycle, {args.cycles} cycles per mode")
+    tick = per_reading("tick", args.cycles, base)
+    value = per_reading("value", args.cycles, base)
+    print(
+        f"{'':24}{'fsync/reading':>15}{'bytes/reading':>15}{'wchar/reading':>15}{'readings/s':>12}"
+    )
+    for name, fig in (("one commit per tick", tick), ("one commit per value", value)):
+        print(
+            f"{name:24}{fig['fsync']:>15.4f}{fig['write_bytes']:>15.1f}{fig['wchar']:>15.1f}"
+            f"{fig['readings_per_s']:>12.0f}"
+        )
+    print(
+        f"ratio per-value / per-tick: fsync x{value['fsync'] / tick['fsync']:.0f}, "
+        f"bytes x{value['write_bytes'] / max(tick['write_bytes'], 1e-9):.1f}, "
+        f"wchar x{value['wchar'] / tick['wchar']:.1f}"
+    )
+    samples = memory(args.memory_cycles, base)
+    print(
+        f"resident memory over {args.memory_cycles} cycles (cycle: KiB): "
+        + ", ".join(f"{c}: {kib}" for c, kib in samples)
+    )
+    first = samples[1][1] if len(samples) > 1 else samples[0][1]
+    print(
+        f"growth after warm-up: {samples[-1][1] - first} KiB "
+        f"({(samples[-1][1] - first) / first * 100:+.1f} %)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
