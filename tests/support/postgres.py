@@ -166,6 +166,10 @@ def postgres_server(fsync: bool = True) -> Iterator[PostgresServer]:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    """One PostgreSQL server for the test session (tests marked ``postgres`` use it)."""
-    with postgres_server() as server:
+    """One PostgreSQL server for the test session (tests marked ``postgres`` use it).
+
+    fsync is off here: tests check logic and create a database each, which with fsync on
+    costs a checkpoint apiece. Durability figures come from the benchmark, which keeps it on.
+    """
+    with postgres_server(fsync=False) as server:
         yield server
