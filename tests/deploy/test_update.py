@@ -7,7 +7,6 @@ as a separate ``/usr/bin/python3 -I -S`` process.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -19,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from logger.cli import main as logger_main
-from logger.cli.common import run_handler
 from logger.update import (
     BundleRefused,
     Releases,
@@ -283,10 +281,10 @@ def test_trust_command_pins_once(tmp_path, maker, capsys):
 
 
 def provision(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="mbus-provision")
-    updates.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(list(argv))
-    return run_handler(args.handler, args)
+    """``mbus-provision`` itself (its CLI mounts provisioning.updates.register)."""
+    from provisioning.cli import main
+
+    return main(list(argv))
 
 
 def test_keygen_writes_an_encrypted_key_openssl_can_open(tmp_path, monkeypatch, capsys):
