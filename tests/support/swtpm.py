@@ -9,9 +9,7 @@ test that needs a clean TPM; never share one between tests that persist keys.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -54,19 +52,24 @@ def _tpm_answers(port: int) -> bool:
 
 @contextlib.contextmanager
 def swtpm(state_dir: Path | None = None) -> Iterator[str]:
-    """Start a clean swtpm on free ports; yield its TCTI string; stop it on exit."""
+    """Start a clean swtpm on free ports; yield its TCTI string; stop it on exit.
+
+    swtpm runs as our child (not ``--daemon``) so that stopping it can wait for its exit
+    instead of polling a pid that may linger as a zombie in a container without an init.
+    """
     if shutil.which("swtpm") is None:
         raise RuntimeError("swtpm is not installed (Debian package swtpm)")
     own_dir = state_dir is None
     workdir = Path(tempfile.mkdtemp(prefix="swtpm-")) if state_dir is None else state_dir
     workdir.mkdir(parents=True, exist_ok=True)
-    pid_file = workdir / "swtpm.pid"
     last_error = ""
-    pid: int | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    ctrl_port = 0
     try:
         for _attempt in range(5):
             port = _free_port_pair()
-            proc = subprocess.run(
+            ctrl_port = port + 1
+            proc = subprocess.Popen(
                 [
                     "swtpm",
                     "socket",
@@ -76,28 +79,26 @@ def swtpm(state_dir: Path | None = None) -> Iterator[str]:
                     "--server",
                     f"type=tcp,port={port},bindaddr=127.0.0.1",
                     "--ctrl",
-                    f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
+                    f"type=tcp,port={ctrl_port},bindaddr=127.0.0.1",
                     "--flags",
                     "not-need-init,startup-clear",
-                    "--daemon",
-                    "--pid",
-                    f"file={pid_file}",
                 ],
-                capture_output=True,
-                text=True,
-                check=False,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
             )
-            if proc.returncode != 0:
-                # Most likely a port race with another process: try another pair.
-                last_error = proc.stderr.strip()
-                continue
-            pid = int(pid_file.read_text().strip())
             deadline = time.monotonic() + _START_TIMEOUT_S
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and proc.poll() is None:
                 if _tpm_answers(port):
                     break
-                time.sleep(0.01)
-            else:
+                time.sleep(0.005)
+            if proc.poll() is not None:
+                # Most likely a port race with another process: try another pair.
+                assert proc.stderr is not None
+                last_error = proc.stderr.read().decode(errors="replace").strip()
+                proc = None
+                continue
+            if not _tpm_answers(port):
                 raise RuntimeError(
                     f"swtpm on port {port} did not answer within {_START_TIMEOUT_S:.0f} s"
                 )
@@ -105,21 +106,24 @@ def swtpm(state_dir: Path | None = None) -> Iterator[str]:
             return
         raise RuntimeError(f"swtpm did not start: {last_error}")
     finally:
-        if pid is not None:
-            _stop(pid)
+        if proc is not None:
+            _stop(proc, ctrl_port)
         if own_dir:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _stop(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.01)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+def _stop(proc: subprocess.Popen[bytes], ctrl_port: int) -> None:
+    """CMD_SHUTDOWN (3) on the control channel, then wait; SIGKILL as the last resort."""
+    with (
+        contextlib.suppress(OSError),
+        socket.create_connection(("127.0.0.1", ctrl_port), timeout=2.0) as conn,
+    ):
+        conn.sendall(b"\x00\x00\x00\x03")
+        conn.recv(4)
+    try:
+        proc.wait(timeout=5.0)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stderr is not None:
+        proc.stderr.close()
