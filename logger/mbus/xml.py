@@ -407,7 +407,7 @@ def _record_xml(index: int, rec: tuple) -> str:
             head,
             _FUNCTION[(dif >> 4) & 3],
             _storage_tariff_device(dif, difes),
-            _enc(_vib_unit(vif, vifes, text)),
+            _enc((_vib_unit(vif, vifes, text) or "")[:127]),  # libmbus's 128-byte buffer
             _enc(_raw_value(dif, vif, vifes, data)),
         )
     )
