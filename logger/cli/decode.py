@@ -2,11 +2,11 @@
 
 Input is hex text (any whitespace, as in libmbus's ``.hex`` files; ``0x`` prefixes and commas
 are tolerated) or raw binary; each input holds one frame, or several frames back to back (a
-multi-telegram read-out). ``--format json`` prints one JSON document: a list with one decoded
-telegram per frame. ``--format xml`` prints what libmbus prints for each frame (``.xml``
-layout, or ``.norm.xml`` with ``--normalized``). A malformed frame stops the command with exit
-code 1 and a one-line reason on stderr; an application error frame (CI 0x70) is output, not
-an error.
+multi-telegram read-out). The default ``text`` format prints a table per telegram;
+``--format json`` prints one JSON document, a list with one decoded telegram per frame;
+``--format xml`` prints what libmbus prints for each frame (``.xml`` layout, or ``.norm.xml``
+with ``--normalized``). A malformed frame stops the command with exit code 1 and a one-line
+reason on stderr; an application error frame (CI 0x70) is output, not an error.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import string
 import sys
+from typing import Any
 
-from logger.cli.common import CHECK_FAILED, OK, USAGE, CliError, print_json
+from logger.cli.common import CHECK_FAILED, OK, USAGE, CliError, print_json, print_table
 
 _HEX_TEXT = set(string.hexdigits + string.whitespace + ",")
 
@@ -29,9 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE", help="input file, or - for stdin")
     parser.add_argument(
         "--format",
-        choices=("json", "xml"),
-        default="json",
-        help="json (default, EN 13757-3 semantics) or xml (libmbus layout)",
+        choices=("text", "json", "xml"),
+        default="text",
+        help="text (default: a table per telegram), json (one document, EN 13757-3 "
+        "semantics) or xml (libmbus layout)",
     )
     parser.add_argument(
         "--normalized",
@@ -108,6 +110,57 @@ def run(args: argparse.Namespace) -> int:
                 raise CliError(f"{name}: {exc}", CHECK_FAILED) from None
     if args.format == "xml":
         sys.stdout.write("".join(xml_parts))
-    else:
+    elif args.format == "json":
         print_json(results)
+    else:
+        for i, telegram in enumerate(results):
+            if i:
+                print()
+            print_telegram(telegram)
     return OK
+
+
+def print_telegram(telegram: dict[str, Any]) -> None:
+    """The human form: one summary line, then the records as a table."""
+    frame = telegram["frame"]
+    header = telegram["header"] or {}
+    summary = [f"address {frame['a']}", f"CI 0x{frame['ci']:02X}"]
+    for key, label in (
+        ("id", "id"),
+        ("manufacturer", "manufacturer"),
+        ("version", "version"),
+        ("medium_text", "medium"),
+        ("access_number", "access"),
+        ("status", "status"),
+    ):
+        if header.get(key) is not None:
+            summary.append(f"{label} {header[key]}")
+    if header.get("status_flags"):
+        summary.append("(" + ", ".join(header["status_flags"]) + ")")
+    print("  ".join(summary))
+    if telegram["error"] is not None:
+        print(f"application error {telegram['error']['code']}: {telegram['error']['text']}")
+        return
+    rows = []
+    for rec in telegram["records"]:
+        rows.append(
+            {
+                "id": rec["id"],
+                "function": rec["function"],
+                "storage": rec["storage"],
+                "tariff": rec["tariff"],
+                "subunit": rec["subunit"],
+                "quantity": rec["quantity"] + "".join(f", {m}" for m in rec["modifiers"]),
+                "value": rec["value"] if rec["value"] is not None else "-",
+                "unit": rec["unit"],
+                "flags": ", ".join(rec["flags"]),
+            }
+        )
+    print_table(
+        rows,
+        ["id", "function", "storage", "tariff", "subunit", "quantity", "value", "unit", "flags"],
+    )
+    if telegram["manufacturer_data"] is not None:
+        print(f"manufacturer data: {telegram['manufacturer_data'] or '(none)'}")
+    if telegram["more_records_follow"]:
+        print("more records follow in the next telegram")

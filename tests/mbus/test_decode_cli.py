@@ -36,8 +36,8 @@ def test_json_from_hex_and_binary_stdin(tmp_path: Path) -> None:
     hexfile = LIBMBUS / "test-frames" / "ACW_Itron-BM-plus-m.hex"
     binary = tmp_path / "frame.bin"
     binary.write_bytes(read_hex(hexfile))
-    from_hex = run(str(hexfile))
-    from_bin = run("-", stdin=binary.read_bytes())
+    from_hex = run("--format", "json", str(hexfile))
+    from_bin = run("--format", "json", "-", stdin=binary.read_bytes())
     assert from_hex.returncode == from_bin.returncode == 0
     doc = json.loads(from_hex.stdout)
     assert doc == json.loads(from_bin.stdout)
@@ -51,10 +51,20 @@ def test_multi_telegram_readout_in_one_file(tmp_path: Path) -> None:
     path.write_text(
         "\n".join(" ".join(h[i : i + 2] for i in range(0, len(h), 2)) for h in case["frames_hex"])
     )
-    proc = run(str(path))
+    proc = run("--format", "json", str(path))
     assert proc.returncode == 0, proc.stderr
     docs = json.loads(proc.stdout)
     assert [len(d["records"]) for d in docs] == case["expected_record_counts"]
+
+
+def test_text_table() -> None:
+    proc = run(str(LIBMBUS / "test-frames" / "ACW_Itron-BM-plus-m.hex"))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.decode().splitlines()
+    assert lines[0].startswith("address 8  CI 0x72  id 11490378  manufacturer ACW")
+    assert lines[1].split()[:4] == ["ID", "FUNCTION", "STORAGE", "TARIFF"]
+    assert "54.321" in lines[3] and "m^3" in lines[3]
+    assert lines[-1] == "manufacturer data: 00017513"
 
 
 def test_malformed_frame_exit_1_one_line() -> None:
@@ -67,9 +77,11 @@ def test_malformed_frame_exit_1_one_line() -> None:
 
 def test_application_error_is_output() -> None:
     path = LIBMBUS / "error-frames" / "application_busy.hex"
-    proc = run(str(path))
+    proc = run("--format", "json", str(path))
     assert proc.returncode == 0
     assert json.loads(proc.stdout)[0]["error"]["text"] == "Application busy"
+    text = run(str(path))
+    assert b"application error 8: Application busy" in text.stdout
     xml = run("--format", "xml", str(path))
     assert xml.stdout == path.with_suffix(".xml").read_bytes()
 
