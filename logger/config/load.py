@@ -89,6 +89,8 @@ _SIZE_UNITS = {
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _METER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+CLOCK_MODES = ("auto", "synchronised", "unsynchronised")
+"""``installation.clock``: how the daemon decides whether readings get ``clock_unsynced``."""
 _SECONDARY = re.compile(r"^([0-9]{8})([0-9A-Fa-f]{8})?$")
 
 
@@ -645,16 +647,18 @@ def _meters(
 def _installation(ck: _Checker, doc: Mapping[str, Any]) -> Installation:
     path: KeyPath = ("installation",)
     table = ck.sub(doc, (), "installation")
-    ck.table(table, path, ("site", "description", "latitude", "longitude", "timezone"))
+    ck.table(table, path, ("site", "description", "latitude", "longitude", "timezone", "clock"))
     lat = ck.get(table, path, "latitude", _float_in(-90, 90))
     lon = ck.get(table, path, "longitude", _float_in(-180, 180))
     tz = ck.get(table, path, "timezone", _timezone, "UTC") or "UTC"
+    clock = ck.get(table, path, "clock", _choice(CLOCK_MODES), "auto") or "auto"
     return Installation(
         ck.get(table, path, "site", _str, "") or "",
         ck.get(table, path, "description", _str, "") or "",
         lat,
         lon,
         tz,
+        clock,
     )
 
 

@@ -131,6 +131,9 @@ class Installation:
     latitude: float | None = None
     longitude: float | None = None
     timezone: str = "UTC"  # IANA name: the wall clock polling intervals align to
+    # Is the wall clock trustworthy? "auto": ask the kernel/timesyncd; "synchronised": this
+    # box has a battery-backed RTC or GPS time; "unsynchronised": flag every reading.
+    clock: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)
