@@ -79,9 +79,12 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         config_in_use   bigint,
         meter_health    text
     );
+    -- No foreign key on readings.device_id: the row is upserted in the same transaction as
+    -- every insert and devices are never deleted, and the per-row RI trigger cost a quarter
+    -- of the insert throughput.
     CREATE TABLE readings (
         id           bigserial PRIMARY KEY,
-        device_id    bigint NOT NULL REFERENCES devices(id),
+        device_id    bigint NOT NULL,
         epoch        text NOT NULL,
         seq          bigint NOT NULL,
         meter        text NOT NULL,
