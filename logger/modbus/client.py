@@ -248,6 +248,8 @@ def read_meter(
                     flags=flags,
                 )
             )
+    if quirks.get("close_after_read"):
+        source.close()  # the gateway has one connection slot: give it back
     if not result.readings and first_error is not None:
         raise first_error
     if result.errors:

@@ -191,3 +191,17 @@ def test_quirk_pause_between_requests_is_honoured() -> None:
         finally:
             client.close()
     assert elapsed >= 0.2  # three requests, two pauses
+
+
+def test_quirk_close_after_read_reconnects_each_time() -> None:
+    with ModbusSim(PROFILES["eastron_sdm120"]) as sim:
+        meter = MeterConfig(id="gw", kind=MeterKind.MODBUS_TCP, interval_s=60, unit_id=1,
+                            host="127.0.0.1", port=sim.port, registers=PROFILES["eastron_sdm120"],
+                            quirks=Quirks((("close_after_read", True),)))
+        client = TcpClient("127.0.0.1", sim.port)
+        try:
+            for _ in range(2):
+                read_meter(client, meter, NOW)
+                assert not client._client.connected
+        finally:
+            client.close()
