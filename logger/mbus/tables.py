@@ -108,7 +108,6 @@ def _fd() -> tuple:
         (0x66, "state of parameter activation"),
         (0x67, "special supplier information"),
         (0x71, "RF level"),
-        (0x73, "listening window management"),
         (0x75, "number of times the meter was stopped"),
     )
     for code, name in names:
@@ -123,6 +122,9 @@ def _fd() -> tuple:
     t[0x1C] = ("baud rate", "Bd", 1, 0, NUMERIC)
     t[0x1D] = ("response delay time", "bit times", 1, 0, NUMERIC)
     t[0x71] = ("RF level", "dBm", 1, 0, NUMERIC)
+    t[0x72] = ("daylight saving", "", 1, 0, UNSIGNED)  # type K: bit fields, kept as sent
+    t[0x73] = ("listening window management", "", 1, 0, UNSIGNED)
+    t[0x76] = ("manufacturer specific protocol data", "", 1, 0, UNSIGNED)
     _durations(t, 0x24, "storage interval")
     t[0x28] = ("storage interval", "month", 1, 0, NUMERIC)
     t[0x29] = ("storage interval", "year", 1, 0, NUMERIC)

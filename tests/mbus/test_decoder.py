@@ -6,9 +6,12 @@ import struct
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from logger.mbus import DecodeError, MBusError, TruncatedRecord, UnsupportedCI, decode
 from logger.mbus.frames import encode_long, encode_short
+from logger.mbus.numbers import dec_str, float32_decimal
 from logger.mbus.xml import telegram_xml
 
 HEADER = bytes.fromhex("785634122D2C010755000000")  # id 12345678, KAM
@@ -296,3 +299,31 @@ def test_xml_refuses_what_libmbus_refuses() -> None:
     with pytest.raises(DecodeError):
         telegram_xml(frame("02133412", c=0x53))
     assert "<Error>" in telegram_xml(encode_long(0x08, 1, 0x70, b"\x08"), normalized=True)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.integers(0, 0xFFFFFFFF))
+def test_float32_decimal_round_trips(raw: int) -> None:
+    value = struct.unpack("<f", raw.to_bytes(4, "little"))[0]
+    pair = float32_decimal(raw)
+    if value != value or value in (float("inf"), float("-inf")):
+        assert pair is None
+        return
+    assert pair is not None
+    mantissa, exponent = pair
+    text = dec_str(mantissa, exponent)
+    assert struct.unpack("<f", struct.pack("<f", float(text)))[0] == value
+    assert len(str(abs(mantissa))) <= 9
+
+
+@given(st.integers(-(10**30), 10**30), st.integers(-40, 40))
+def test_dec_str_is_exact(mantissa: int, exponent: int) -> None:
+    from decimal import Decimal, localcontext
+
+    text = dec_str(mantissa, exponent)
+    with localcontext() as ctx:
+        ctx.prec = 100
+        assert Decimal(text) == Decimal(mantissa).scaleb(exponent)
+    assert "e" not in text.lower()
+    if "." in text:
+        assert not text.endswith("0")
