@@ -187,6 +187,8 @@ def _cli_has(command: str) -> bool:
 def _step_check_config() -> None:
     example = "/usr/share/mbus-ua-logger/logger.example.toml"
     proc = _sh("/usr/bin/mbus-logger", "check-config", "--config", example, check=False)
+    if proc.returncode == 2 and "arguments" in proc.stderr:  # takes the file as an argument
+        proc = _sh("/usr/bin/mbus-logger", "check-config", example, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
