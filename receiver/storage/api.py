@@ -241,6 +241,7 @@ class Storage(Protocol):
     """The receiver's persistence. Open one with :func:`receiver.storage.open_storage`."""
 
     url: str
+    """The storage's URL for messages and logs (without any password)."""
 
     async def close(self) -> None:
         """Release connections and threads. The storage is unusable afterwards."""

@@ -244,7 +244,7 @@ class PostgresStorage:
     """The PostgreSQL backend. Create with :meth:`open`."""
 
     def __init__(self, url: str, pool: asyncpg.Pool) -> None:
-        self.url = url
+        self.url = _redact(url)  # for messages: never the password
         self._pool = pool
 
     @classmethod
@@ -274,12 +274,12 @@ class PostgresStorage:
             current = int(await conn.fetchval("SELECT max(version) FROM schema_version") or 0)
             if current > SCHEMA_VERSION:
                 raise StorageConfigError(
-                    f"database {_redact(self.url)} has schema version {current}, newer than "
+                    f"database {self.url} has schema version {current}, newer than "
                     f"this receiver supports ({SCHEMA_VERSION}); upgrade the receiver"
                 )
             for version, script in MIGRATIONS:
                 if version > current:
-                    _LOGGER.info("migrating %s to schema version %d", _redact(self.url), version)
+                    _LOGGER.info("migrating %s to schema version %d", self.url, version)
                     await conn.execute(script)
                     await conn.execute("INSERT INTO schema_version VALUES ($1)", version)
 

@@ -232,7 +232,12 @@ class SqliteStorage:
         except sqlite3.OperationalError as exc:
             raise StorageConfigError(f"cannot open database {self.path}: {exc}") from exc
         self._conn = conn
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise
+            raise StorageConfigError(f"{self.path} is not a SQLite database: {exc}") from exc
         if str(mode).lower() != "wal":
             raise StorageConfigError(f"database {self.path} cannot use WAL mode (got {mode})")
         conn.execute("PRAGMA synchronous=FULL")

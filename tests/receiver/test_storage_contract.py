@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -562,6 +563,10 @@ def test_storage_urls(tmp_path: object) -> None:
             await open_storage(f"sqlite://{tmp_path}/missing.db", create=False)
         with pytest.raises(StorageConfigError, match="names no file"):
             await open_storage("sqlite://")
+        junk = Path(f"{tmp_path}/junk.db")
+        junk.write_bytes(b"this is not a database file, just sixteen+ bytes of text" * 100)
+        with pytest.raises(StorageConfigError, match="is not a SQLite database"):
+            await open_storage(str(junk))
         plain = await open_storage(f"{tmp_path}/plain.db")
         await plain.close()
         again = await open_storage(f"sqlite://{tmp_path}/plain.db", create=False)
