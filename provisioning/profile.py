@@ -103,6 +103,24 @@ def check_application_uri(uri: str) -> str:
     return uri
 
 
+_DNS_RE = re.compile(
+    r"(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)"
+    r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?"
+)
+
+
+def check_dns_name(name: str) -> str:
+    """A host name or an IP address (IPs go into the SAN as iPAddress)."""
+    try:
+        ipaddress.ip_address(name)
+        return name
+    except ValueError:
+        pass
+    if not _DNS_RE.fullmatch(name):
+        raise ProfileError(f"invalid --dns name {name!r}: expected a host name or IP address")
+    return name
+
+
 def check_rsa_public_key(key: object, what: str) -> rsa.RSAPublicKey:
     if not isinstance(key, rsa.RSAPublicKey):
         raise ProfileError(f"{what}: only RSA keys are allowed (OPC UA security policies)")

@@ -41,6 +41,8 @@ def enroll_device(
     now = now or profile.utcnow()
     profile.check_serial(serial)
     profile.check_application_uri(application_uri)
+    for name in dns_names:
+        profile.check_dns_name(name)
     ca = pki.org_ca(org)
     pki.check_can_issue(ca, now)
     pki.ca_key(ca)  # wrong passphrase: fail before touching the TPM
