@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -311,15 +312,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         salt=args.salt,
         log=args.log,
     )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())  # stop cleanly: socat must not linger
     sim.start()
-    ready = {"device": sim.device} if args.rtu else {"tcp": f"{sim.host}:{sim.port}"}
-    print(json.dumps({**ready, "unit_id": args.unit, "profile": args.profile}), flush=True)
     try:
-        while True:
-            time.sleep(args.step)
+        ready = {"device": sim.device} if args.rtu else {"tcp": f"{sim.host}:{sim.port}"}
+        print(json.dumps({**ready, "unit_id": args.unit, "profile": args.profile}), flush=True)
+        while not stop.wait(args.step):
             sim.advance()
-    except KeyboardInterrupt:
-        pass
     finally:
         sim.stop()
     return 0

@@ -312,3 +312,29 @@ def test_next_due_is_the_next_aligned_slot(
         assert due.microsecond == 0
         # Nothing aligned was skipped: the slot one interval earlier is not after "after".
         assert due - timedelta(seconds=interval) <= after
+
+
+def test_mbus_quirks_are_the_bus_layer_s_names() -> None:
+    """What the config accepts, the M-Bus master takes (logger.bus.quirks)."""
+    from logger.bus.quirks import Quirks as BusQuirks
+
+    config = load(EXAMPLE)
+    for meter in config.meters:
+        if meter.kind is MeterKind.MBUS:
+            assert meter.bus is not None
+            merged = config.bus(meter.bus).quirks.merged(meter.quirks)
+            BusQuirks.from_mapping(dict(merged.values))
+    every = {
+        "echo": True,
+        "pause_after_nke": 20.0,
+        "no_reset": True,
+        "max_telegrams": 4,
+        "retries": 2,
+        "timeout": 1.5,
+        "fallback_baudrate": 300,
+        "any_address": True,
+    }
+    BusQuirks.from_mapping(every)
+    from logger.config import QUIRKS
+
+    assert set(QUIRKS["mbus"]) == set(every)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -195,9 +200,16 @@ def test_quirk_pause_between_requests_is_honoured() -> None:
 
 def test_quirk_close_after_read_reconnects_each_time() -> None:
     with ModbusSim(PROFILES["eastron_sdm120"]) as sim:
-        meter = MeterConfig(id="gw", kind=MeterKind.MODBUS_TCP, interval_s=60, unit_id=1,
-                            host="127.0.0.1", port=sim.port, registers=PROFILES["eastron_sdm120"],
-                            quirks=Quirks((("close_after_read", True),)))
+        meter = MeterConfig(
+            id="gw",
+            kind=MeterKind.MODBUS_TCP,
+            interval_s=60,
+            unit_id=1,
+            host="127.0.0.1",
+            port=sim.port,
+            registers=PROFILES["eastron_sdm120"],
+            quirks=Quirks((("close_after_read", True),)),
+        )
         client = TcpClient("127.0.0.1", sim.port)
         try:
             for _ in range(2):
@@ -205,3 +217,39 @@ def test_quirk_close_after_read_reconnects_each_time() -> None:
                 assert not client._client.connected
         finally:
             client.close()
+
+
+def test_simulator_as_a_program(tmp_path: Path) -> None:
+    log = tmp_path / "served.jsonl"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hil.modbus_sim",
+            "--profile",
+            "abb_b23",
+            "--unit",
+            "4",
+            "--step",
+            "0.05",
+            "--log",
+            str(log),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())
+        host, _, port = ready["tcp"].rpartition(":")
+        client = TcpClient(host, int(port))
+        try:
+            result = read_meter(client, tcp_meter(int(port), "abb_b23", unit_id=4), NOW)
+        finally:
+            client.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    served = [json.loads(line) for line in log.read_text().splitlines()]
+    got = {r.key: r.value for r in result.readings}
+    assert any(s["values"] == got for s in served), "read values were never served"
