@@ -4,9 +4,11 @@ Input is hex text (any whitespace, as in libmbus's ``.hex`` files; ``0x`` prefix
 are tolerated) or raw binary; each input holds one frame, or several frames back to back (a
 multi-telegram read-out). The default ``text`` format prints a table per telegram;
 ``--format json`` prints one JSON document, a list with one decoded telegram per frame;
-``--format xml`` prints what libmbus prints for each frame (``.xml`` layout, or ``.norm.xml``
-with ``--normalized``). A malformed frame stops the command with exit code 1 and a one-line
-reason on stderr; an application error frame (CI 0x70) is output, not an error.
+``--format xml`` prints what libmbus prints (``.xml`` layout: one document per input, a
+multi-telegram read-out numbered across its frames; ``--normalized``: the ``.norm.xml`` layout,
+one document per frame, as libmbus has no normalised read-out). A malformed frame stops the
+command with exit code 1 and a one-line reason on stderr; an application error frame (CI 0x70)
+is output, not an error.
 """
 
 from __future__ import annotations
@@ -92,22 +94,25 @@ def _read(path: str) -> bytes:
 def run(args: argparse.Namespace) -> int:
     from logger.mbus import decode
     from logger.mbus.errors import MBusError
-    from logger.mbus.xml import telegram_xml
+    from logger.mbus.xml import readout_xml, telegram_xml
 
     if args.normalized and args.format != "xml":
         raise CliError("--normalized applies to --format xml only", USAGE)
-    results = []
+    results: list[dict[str, Any]] = []
     xml_parts = []
     for path in args.files:
         name = "stdin" if path == "-" else path
-        for frame in split_frames(frame_bytes(_read(path), name), name):
-            try:
-                if args.format == "xml":
-                    xml_parts.append(telegram_xml(frame, normalized=args.normalized))
-                else:
-                    results.append(decode(frame))
-            except MBusError as exc:
-                raise CliError(f"{name}: {exc}", CHECK_FAILED) from None
+        frames = split_frames(frame_bytes(_read(path), name), name)
+        try:
+            if args.format == "xml" and not args.normalized:
+                # A read-out of several telegrams is one document, as libmbus prints it.
+                xml_parts.append(readout_xml(frames))
+            elif args.format == "xml":
+                xml_parts.extend(telegram_xml(frame, normalized=True) for frame in frames)
+            else:
+                results.extend(decode(frame) for frame in frames)
+        except MBusError as exc:
+            raise CliError(f"{name}: {exc}", CHECK_FAILED) from None
     if args.format == "xml":
         sys.stdout.write("".join(xml_parts))
     elif args.format == "json":

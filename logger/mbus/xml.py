@@ -15,7 +15,7 @@ MicroPython-clean (but not needed on a device).
 
 import struct
 
-from logger.mbus.application import ERROR, FIXED, parse_telegram
+from logger.mbus.application import ERROR, FIXED, VARIABLE, Telegram, parse_telegram
 from logger.mbus.errors import DecodeError
 from logger.mbus.numbers import hexstr
 from logger.mbus.records import storage_number
@@ -391,9 +391,12 @@ def _storage_tariff_device(dif: int, difes: bytes) -> str:
     return "".join(parts)
 
 
-def _record_xml(index: int, rec: tuple) -> str:
+def _record_xml(index: int, rec: tuple, frame: int = -1) -> str:
     _offset, dif, difes, vif, vifes, text, data, _lvar = rec
-    head = '    <DataRecord id="%d">\n' % index
+    if frame >= 0:
+        head = '    <DataRecord id="%d" frame="%d">\n' % (index, frame)
+    else:
+        head = '    <DataRecord id="%d">\n' % index
     if vif is None:
         name = "Manufacturer specific" if dif == 0x0F else "More records follow"
         return (
@@ -1016,6 +1019,47 @@ def error_xml(code: int) -> str:
     )
 
 
+def _libmbus_telegram(data: bytes) -> Telegram:
+    t = parse_telegram(data, libmbus=True)
+    if t.c not in _RSP_UD:
+        raise DecodeError(
+            "C field 0x%02X is not a slave response" % t.c, 4, "RSP_UD (08, 18, 28 or 38)"
+        )
+    return t
+
+
+def readout_xml(frames: list) -> str:
+    """libmbus ``mbus_frame_xml`` for a multi-telegram read-out (a chain of RSP_UD frames).
+
+    One document: the first frame's header, then every record numbered across the frames
+    with a ``frame="N"`` attribute, as ``mbus-serial-request-data-multi-reply`` prints it. A
+    single frame gives the same document as :func:`telegram_xml`. libmbus has no normalised
+    form of a chain.
+    """
+    if len(frames) == 1:
+        return telegram_xml(frames[0])
+    telegrams = [_libmbus_telegram(f) for f in frames]
+    first = telegrams[0]
+    if first.kind == ERROR:
+        return error_xml(first.error_code)
+    if first.kind == FIXED:
+        return _fixed_xml(first.fixed)
+    parts = [PROLOG, _header_xml(first.header or b"")]
+    index = 0
+    for number, t in enumerate(telegrams):
+        if t.kind != VARIABLE:
+            raise DecodeError(
+                "frame %d of the read-out carries no variable data" % number,
+                6,
+                "CI 72 in every frame",
+            )
+        for rec in t.records:
+            parts.append(_record_xml(index, rec, number))
+            index += 1
+    parts.append(END)
+    return "".join(parts)
+
+
 def telegram_xml(data: bytes, normalized: bool = False) -> str:
     """The XML libmbus prints for one frame (``.xml``, or ``.norm.xml`` when ``normalized``).
 
@@ -1023,11 +1067,7 @@ def telegram_xml(data: bytes, normalized: bool = False) -> str:
     to-slave, or a CI other than 0x70, 0x72, 0x73). For CI 0x70 both forms print libmbus's
     ``<Error>`` document (libmbus itself prints nothing in the normalised form).
     """
-    t = parse_telegram(data, libmbus=True)
-    if t.c not in _RSP_UD:
-        raise DecodeError(
-            "C field 0x%02X is not a slave response" % t.c, 4, "RSP_UD (08, 18, 28 or 38)"
-        )
+    t = _libmbus_telegram(data)
     if t.kind == ERROR:
         return error_xml(t.error_code)
     if t.kind == FIXED:

@@ -104,3 +104,17 @@ def test_decode_imports_stay_light() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_readout_xml_numbers_records_across_frames(tmp_path: Path) -> None:
+    case = next(c for c in jmbus()["wired_telegram_cases"] if len(c["frames_hex"]) > 2)
+    path = tmp_path / "readout.hex"
+    path.write_text(" ".join(case["frames_hex"]))
+    proc = run("--format", "xml", str(path))
+    assert proc.returncode == 0, proc.stderr
+    xml = proc.stdout.decode()
+    assert xml.count("<MBusData>") == 1 and xml.count("<SlaveInformation>") == 1
+    total = sum(case["expected_record_counts"]) + len(case["frames_hex"])  # + DIF 0F/1F tails
+    assert f'<DataRecord id="{total - 1}" frame="{len(case["frames_hex"]) - 1}">' in xml
+    normalized = run("--format", "xml", "--normalized", str(path)).stdout.decode()
+    assert normalized.count("<MBusData>") == len(case["frames_hex"])
