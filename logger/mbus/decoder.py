@@ -146,6 +146,8 @@ def _record(rec: tuple, index: int, msb: bool) -> dict:
     quantity, unit, multiplier, exponent, kind = info
     modifiers: list[str] = []
     date_vife = False
+    if kind == MANUFACTURER:
+        combinable = b""  # after VIF 0xFF every VIFE is the manufacturer's own
     for b in combinable:
         c = b & 0x7F
         if c == 0x7F:

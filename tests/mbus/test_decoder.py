@@ -156,6 +156,8 @@ def test_flags_for_unknown_manufacturer_and_error_codes() -> None:
     assert "unknown VIF" in record("02FD7B0100")["flags"]
     man = record("017F05")
     assert man["flags"] == ["manufacturer specific"] and man["value"] == "5"
+    own = record("01FF1605")  # a manufacturer's VIFE 0x16 is not "data overflow"
+    assert own["flags"] == ["manufacturer specific"] and own["modifiers"] == []
     err = record("029316FFFF")
     assert "error: data overflow" in err["flags"]
     assert "manufacturer specific VIFE" in record("0293FF010100")["flags"]
