@@ -146,40 +146,22 @@ def latest_per_record(rows: Sequence[Row]) -> list[Row]:
 # --------------------------------------------------------------------------------------------
 # Cloud configuration.
 
-# Sections that belong to the device's local file (ARCHITECTURE.md, "Configuration in two
-# layers"): the cloud layer can never carry them. The logger validates the full schema and
-# bounds itself; this check stops an operator's mistake at the source.
-LOCAL_ONLY_SECTIONS = frozenset(
-    {
-        "uplink",
-        "security",
-        "trust",
-        "tpm",
-        "keys",
-        "key",
-        "pki",
-        "certificate",
-        "certificates",
-        "crl",
-        "store",
-        "buffer",
-        "paths",
-        "buses",
-        "bus",
-        "device",
-        "location",
-        "logging",
-        "version",
-    }
-)
-_SECTION_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# The top-level keys a cloud layer may set (the logger's ``logger.config.model.CLOUD_FIELDS``;
+# a test keeps the two equal). Everything else belongs to the device's local file — buses,
+# paths, uplink, keys, trust, buffer, installation — and is refused here already, so an
+# operator's mistake is caught at the source (ARCHITECTURE.md, "Configuration in two layers").
+# The logger validates the full schema against its local file before use.
+CLOUD_SECTIONS = ("meters", "default_interval")
+VERSION_KEY = "version"
+"""Set by the receiver to the version number it assigned; a version in the input is replaced."""
 
 
-def validate_config(json_text: str) -> Any:
-    """Parse a cloud configuration document and check its top-level shape; return it parsed.
+def validate_config(json_text: str) -> dict[str, Any]:
+    """Parse a cloud configuration document and check its top-level shape.
 
-    Shape: a JSON object whose keys are lower-case section names, none of them a local-only
-    (security) section; ``meters``, when present, is an array of objects.
+    Shape: a JSON object with only :data:`CLOUD_SECTIONS` (and ``version``, which the receiver
+    replaces); ``meters``, when present, an array of objects; ``default_interval`` a string or
+    a number of seconds; no number out of range. Returns the document without ``version``.
     """
     if not isinstance(json_text, str):
         raise InvalidConfiguration("configuration must be JSON text")
@@ -189,28 +171,41 @@ def validate_config(json_text: str) -> Any:
             f"configuration is {size} bytes, more than the {MAX_CONFIG_BYTES} allowed"
         )
     try:
-        document = json.loads(json_text, parse_float=Decimal, parse_constant=_no_constant)
+        document = json.loads(json_text, parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, RecursionError) as exc:
         raise InvalidConfiguration(f"configuration is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise InvalidConfiguration(
             f"configuration must be a JSON object at the top level, not {_json_type(document)}"
         )
-    for key, value in document.items():
-        if not _SECTION_RE.match(key):
+    for key in document:
+        if key != VERSION_KEY and key not in CLOUD_SECTIONS:
             raise InvalidConfiguration(
-                f"configuration section {key!r} is not a lower-case name ([a-z][a-z0-9_]*)"
+                f"configuration section {key!r} cannot be set from the cloud (only "
+                f"{', '.join(CLOUD_SECTIONS)}): it belongs to the device's local file"
             )
-        if key in LOCAL_ONLY_SECTIONS:
-            raise InvalidConfiguration(
-                f"configuration section {key!r} belongs to the device's local file and cannot "
-                "be set from the cloud"
-            )
-        if key == "meters" and not (
-            isinstance(value, list) and all(isinstance(m, dict) for m in value)
-        ):
-            raise InvalidConfiguration("configuration section 'meters' must be an array of objects")
+    meters = document.get("meters", [])
+    if not (isinstance(meters, list) and all(isinstance(m, dict) for m in meters)):
+        raise InvalidConfiguration("configuration section 'meters' must be an array of objects")
+    interval = document.get("default_interval", "")
+    if isinstance(interval, bool) or not isinstance(interval, str | int | float):
+        raise InvalidConfiguration(
+            "configuration section 'default_interval' must be a duration text or seconds"
+        )
+    document.pop(VERSION_KEY, None)
     return document
+
+
+def served_config(version: int, content: dict[str, Any]) -> str:
+    """The document a logger receives: the content with the receiver's version number."""
+    return json.dumps({VERSION_KEY: version, **content}, indent=2, ensure_ascii=False) + "\n"
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range")
+    return value
 
 
 def _no_constant(name: str) -> Any:
@@ -231,7 +226,15 @@ def _json_type(value: object) -> str:
 
 def canonical_config(document: Any) -> str:
     """One text per JSON value, to tell whether a new version changes anything."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
+    return json.dumps(document, sort_keys=True, separators=(",", ":"))
+
+
+def stored_content(served: str) -> str:
+    """The canonical content of a stored (served) document, its version left out."""
+    document = json.loads(served)
+    if isinstance(document, dict):
+        document.pop(VERSION_KEY, None)
+    return canonical_config(document)
 
 
 # --------------------------------------------------------------------------------------------

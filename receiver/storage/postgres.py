@@ -618,17 +618,14 @@ class PostgresStorage:
                 "ORDER BY version DESC LIMIT 1",
                 device_id,
             )
-            if (
-                current is not None
-                and _rows.canonical_config(_rows.validate_config(current[1])) == canonical
-            ):
+            if current is not None and _rows.stored_content(current[1]) == canonical:
                 return int(current[0])
             version = 1 if current is None else int(current[0]) + 1
             await conn.execute(
                 "INSERT INTO configs VALUES ($1, $2, $3, $4, $5)",
                 device_id,
                 version,
-                json_text,
+                _rows.served_config(version, document),
                 _now(),
                 set_by,
             )

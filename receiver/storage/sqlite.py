@@ -640,16 +640,14 @@ class SqliteStorage:
                 "ORDER BY version DESC LIMIT 1",
                 (device_id,),
             ).fetchone()
-            if (
-                current is not None
-                and _rows.canonical_config(_rows.validate_config(current[1])) == canonical
-            ):
+            if current is not None and _rows.stored_content(current[1]) == canonical:
                 return int(current[0])
             version = 1 if current is None else int(current[0]) + 1
             db.execute(
                 "INSERT INTO configs VALUES (?, ?, ?, ?, ?)",
-                (device_id, version, json_text, _us(_now()), set_by),
-            )
+                (device_id, version, _rows.served_config(version, document), _us(_now()),
+                 set_by),
+            )  # fmt: skip
             self._append_audit(db, "config.set", device_uri, "", set_by, f"version {version}")
             return version
 

@@ -7,6 +7,7 @@ once", "Exact values"; SECURITY.md audit log).
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -328,15 +329,27 @@ def test_configuration_is_versioned_and_audited(storage_url: str) -> None:
         storage = await open_storage(storage_url)
         try:
             assert await storage.get_config(DEV) is None
-            first = '{"meters": [{"id": "heat", "address": 5}], "intervals": {"poll_s": 900}}'
+            first = (
+                '{"version": 41, "meters": [{"id": "heat", "kind": "mbus", "bus": "mbus0", '
+                '"primary_address": 5}], "default_interval": "15m"}'
+            )
             assert await storage.set_config(DEV, first, set_by="ops@host") == 1
-            # The same content, formatted differently: no new version.
-            same = '{"intervals": {"poll_s": 900},\n "meters": [{"address": 5, "id": "heat"}]}'
+            # The receiver numbers the versions: the document a logger gets carries it.
+            served = await storage.get_config(DEV)
+            assert served is not None and json.loads(served.document)["version"] == 1
+            # The same content, formatted differently (or as `config show` printed it): no new
+            # version.
+            same = (
+                '{"default_interval": "15m",\n "meters": [{"primary_address": 5, '
+                '"bus": "mbus0", "kind": "mbus", "id": "heat"}]}'
+            )
             assert await storage.set_config(DEV, same) == 1
-            assert await storage.set_config(DEV, '{"meters": []}') == 2
+            assert await storage.set_config(DEV, served.document) == 1
+            assert await storage.set_config(DEV, '{"meters": [], "version": 1}') == 2
             current = await storage.get_config(DEV)
-            assert current is not None
-            assert (current.version, current.document) == (2, '{"meters": []}')
+            assert current is not None and current.version == 2
+            assert json.loads(current.document) == {"version": 2, "meters": []}
+            assert current.set_by == ""
             assert await storage.get_config(DEV2) is None
             device = await storage.device(DEV)
             assert device is not None and device.config_version == 2
@@ -357,10 +370,13 @@ def test_configuration_is_versioned_and_audited(storage_url: str) -> None:
     [
         ("{not json", "not valid JSON"),
         ('["meters"]', "JSON object at the top level, not an array"),
-        ('{"uplink": {"security_mode": "None"}}', "'uplink' belongs to the device"),
-        ('{"trust": {}}', "'trust' belongs to the device"),
+        ('{"uplink": {"security_mode": "None"}}', "'uplink' cannot be set from the cloud"),
+        ('{"trust": {}}', "'trust' cannot be set from the cloud"),
+        ('{"buses": []}', "belongs to the device's local file"),
         ('{"meters": {"heat": 1}}', "'meters' must be an array of objects"),
-        ('{"Meters": []}', "not a lower-case name"),
+        ('{"meters": [1]}', "'meters' must be an array of objects"),
+        ('{"default_interval": true}', "'default_interval' must be a duration"),
+        ('{"default_interval": 1e999}', "out of range"),
         ('{"x": NaN}', "not valid JSON"),
         ('{"meters": [' + '{"a": 1},' * 200_000 + "{}]}", "more than the"),
     ],
@@ -369,7 +385,7 @@ def test_invalid_configuration_is_refused(storage_url: str, document: str, messa
     async def scenario() -> None:
         storage = await open_storage(storage_url)
         try:
-            with pytest.raises(InvalidConfiguration, match=message):
+            with pytest.raises(InvalidConfiguration, match=re.escape(message)):
                 await storage.set_config(DEV, document)
             assert await storage.get_config(DEV) is None
             assert await storage.audit_entries() == []
@@ -631,3 +647,11 @@ def test_postgres_keeps_a_numeric_beside_the_exact_text(postgres: PostgresServer
                                             ("1e99999", None, None)]  # fmt: skip
 
     run(scenario())
+
+
+def test_cloud_sections_are_the_ones_the_logger_accepts() -> None:
+    # The receiver refuses early what the logger would refuse: the two lists must not drift.
+    from logger.config.model import CLOUD_FIELDS
+    from receiver.storage._rows import CLOUD_SECTIONS
+
+    assert tuple(CLOUD_SECTIONS) == tuple(CLOUD_FIELDS)
