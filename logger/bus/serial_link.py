@@ -10,6 +10,9 @@ one quantum. A baud-rate change closes and reopens the port.
 from __future__ import annotations
 
 import logging
+import os
+import stat
+import termios
 import time
 
 import serial
@@ -19,6 +22,15 @@ from logger.bus.errors import PortError
 _LOGGER = logging.getLogger(__name__)
 
 READ_QUANTUM = 0.005
+_PTY_MAJORS = range(136, 144)  # Unix98 pty slaves (Documentation/admin-guide/devices.txt)
+
+
+def _is_pty(device: str) -> bool:
+    try:
+        st = os.stat(device)
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) in _PTY_MAJORS
 
 
 class SerialLink:
@@ -33,21 +45,32 @@ class SerialLink:
         if self._port is not None:
             return
         exclusive = {} if "://" in self.device else {"exclusive": True}
-        try:
-            self._port = serial.serial_for_url(
-                self.device,
-                baudrate=self.baudrate,
-                bytesize=serial.EIGHTBITS,
-                parity=serial.PARITY_EVEN,
-                stopbits=serial.STOPBITS_ONE,
-                timeout=READ_QUANTUM,
-                write_timeout=10.0,
-                **exclusive,
-            )
-        except (serial.SerialException, OSError, ValueError) as exc:
-            busy = "busy" in str(exc).lower() or "lock" in str(exc).lower()
-            raise PortError(f"cannot open {self.device}: {exc}", transient=busy) from exc
-        _LOGGER.debug("opened %s at %d Bd 8E1", self.device, self.baudrate)
+        parity = serial.PARITY_EVEN
+        for attempt in (1, 2):
+            try:
+                self._port = serial.serial_for_url(
+                    self.device,
+                    baudrate=self.baudrate,
+                    bytesize=serial.EIGHTBITS,
+                    parity=parity,
+                    stopbits=serial.STOPBITS_ONE,
+                    timeout=READ_QUANTUM,
+                    write_timeout=10.0,
+                    **exclusive,
+                )
+                break
+            except termios.error as exc:
+                # A pty has no parity (MBUS.md): once a previous user's 8E1 was dropped, a
+                # new open that asks for parity again fails with EINVAL. A pty carries bytes,
+                # not bits, so opening it without parity changes nothing on the "wire".
+                if attempt == 1 and _is_pty(self.device):
+                    parity = serial.PARITY_NONE
+                    continue
+                raise PortError(f"cannot open {self.device}: {exc}") from exc
+            except (serial.SerialException, OSError, ValueError) as exc:
+                busy = "busy" in str(exc).lower() or "lock" in str(exc).lower()
+                raise PortError(f"cannot open {self.device}: {exc}", transient=busy) from exc
+        _LOGGER.debug("opened %s at %d Bd 8%s1", self.device, self.baudrate, parity)
 
     def close(self) -> None:
         port, self._port = self._port, None
