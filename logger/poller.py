@@ -22,7 +22,7 @@ Why it is shaped this way:
   :data:`~logger.readings.FLAG_CLOCK_UNSYNCED`. The wait for the next slot wakes at least every
   :data:`MAX_NAP_S` seconds, compares wall and monotonic progress, and re-plans the grid after
   a jump (a Raspberry Pi's clock jumps when NTP first answers). A slot missed because a tick
-  overran or the clock jumped forward is skipped and counted, never polled twice.
+  was still being read or the clock jumped forward is skipped and counted, never polled twice.
 
 Time is injected (:class:`Timer`), so tests and the benchmark run thousands of ticks without
 waiting; the daemon uses :class:`WallTimer`.
@@ -34,7 +34,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
@@ -135,6 +135,7 @@ class MeterHealth:
     missed_slots: int = 0
     last_readings: int = 0
     next_due: datetime | None = None
+    overrunning: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         def iso(t: datetime | None) -> str | None:
@@ -255,6 +256,9 @@ class Poller:
         self._lanes: dict[str, _Lane] = {}
         self._schedule = _Schedule()
         self._wake = asyncio.Event()
+        self._ticks: set[asyncio.Task[TickReport]] = set()
+        self._in_flight: set[str] = set()
+        self._failed: list[asyncio.Task[TickReport]] = []
         self._stop = threading.Event()  # also seen by the lane threads between meters
         self.last_tick: TickReport | None = None
         self.ticks = 0
@@ -402,13 +406,25 @@ class Poller:
         return synced
 
     async def run(self) -> None:
-        """Poll until :meth:`stop`. Closes the lanes on the way out."""
+        """Poll until :meth:`stop`; then wait for the ticks in flight (they commit) and close
+        the lanes.
+
+        Ticks overlap: a tick starts at its slot even while an earlier one still waits for a
+        slow bus, so a 1-minute Modbus TCP meter keeps its grid while a 2400 Bd M-Bus line
+        spends 20 s on a dead meter. A meter whose previous read has not finished when its
+        next slot comes skips that slot (counted in ``missed_slots``) instead of queueing
+        reads it can never catch up with.
+        """
         try:
             self._observe_clock()
             self._plan(self.timer.now())
             while not self._stop.is_set():
                 self._progress = self.timer.monotonic()
+                self._raise_failed_tick()
                 if self._pending_config is not None:
+                    if self._ticks:  # lanes are rebuilt between ticks, never under one
+                        await asyncio.wait(set(self._ticks))
+                        continue
                     self._apply_pending()
                     self._plan(self.timer.now())
                 if not self._schedule.due:  # no meters: idle until a reload or stop
@@ -428,30 +444,72 @@ class Poller:
                 if now < tick or tick not in self._schedule.due.values():
                     continue  # woke early, or the clock jumped and the grid was re-planned
                 due = [m for m in self._active(self._config) if self._schedule.due[m.id] <= now]
-                await self.poll_tick(due, tick)
-                self._reschedule(due, tick)
+                ready = [m for m in due if m.id not in self._in_flight]
+                for meter in due:
+                    if meter.id in self._in_flight:
+                        self._skipped(meter, 1, "its previous read is still running")
+                self._reschedule(due, tick, now)
+                if ready:
+                    self._start_tick(ready, tick)
+            if self._ticks:
+                await asyncio.wait(set(self._ticks))
+            self._raise_failed_tick()
         finally:
+            for task in self._ticks:
+                task.cancel()
             await self.aclose()
 
-    def _reschedule(self, meters: Sequence[MeterConfig], tick: datetime) -> None:
+    def _start_tick(self, meters: Sequence[MeterConfig], tick: datetime) -> None:
+        ids = {m.id for m in meters}
+        self._in_flight |= ids
+
+        def done(task: asyncio.Task[TickReport]) -> None:
+            self._ticks.discard(task)
+            self._in_flight -= ids
+            if not task.cancelled() and task.exception() is not None:
+                self._failed.append(task)
+                self._wake.set()
+
+        task = asyncio.get_running_loop().create_task(self.poll_tick(meters, tick))
+        self._ticks.add(task)
+        task.add_done_callback(done)
+
+    def _raise_failed_tick(self) -> None:
+        if self._failed:
+            task = self._failed.pop(0)
+            exc = task.exception()
+            assert exc is not None
+            raise exc
+
+    @property
+    def busy(self) -> bool:
+        """A tick is in flight."""
+        return bool(self._ticks)
+
+    def _skipped(self, meter: MeterConfig, slots: int, why: str) -> None:
+        health = self.health.get(meter.id)
+        if health is None:
+            return
+        health.missed_slots += slots
+        # Warn once per episode; a meter slower than its interval would otherwise log at
+        # every slot.
+        level = logging.DEBUG if health.overrunning else logging.WARNING
+        health.overrunning = True
+        _LOGGER.log(level, "meter %s: %d slot(s) skipped: %s", meter.id, slots, why)
+
+    def _reschedule(self, meters: Sequence[MeterConfig], tick: datetime, now: datetime) -> None:
         tz = self._tz()
-        now = self.timer.now()
         for meter in meters:
             if meter.id not in self.health:
                 continue
             due = next_due(tick, meter.interval_s, meter.offset_s, tz)
-            if due <= now:  # the tick overran into the next slot(s): skip them
+            if due <= now:  # woke late (a blocked loop, a clock jump): skip, never catch up
                 later = next_due(now, meter.interval_s, meter.offset_s, tz)
                 missed = round((later - due).total_seconds() / meter.interval_s)
-                self.health[meter.id].missed_slots += missed
-                _LOGGER.warning(
-                    "meter %s: %d slot(s) skipped (the tick at %s ended at %s)",
-                    meter.id,
-                    missed,
-                    tick.isoformat(),
-                    now.isoformat(),
-                )
+                self._skipped(meter, missed, f"the slot at {tick.isoformat()} began late")
                 due = later
+            elif meter.id not in self._in_flight:
+                self.health[meter.id].overrunning = False
             self._schedule.due[meter.id] = due
             self.health[meter.id].next_due = due
 
@@ -464,12 +522,20 @@ class Poller:
         for meter in meters:
             by_lane.setdefault(lane_of(meter), []).append(meter)
         jobs = []
+        results: dict[str, MeterOutcome] = {}
         for key, lane_meters in by_lane.items():
-            lane = self._lane(key)
+            try:
+                lane = self._lane(key)
+            except Exception as exc:
+                # A bus that cannot even be set up fails its meters, not the daemon; the
+                # next tick tries again.
+                error = str(exc) if isinstance(exc, MeterReadError) else f"lane {key}: {exc!r}"
+                for meter in lane_meters:
+                    results[meter.id] = MeterOutcome(meter.id, (), error, started)
+                continue
             jobs.append(
                 loop.run_in_executor(lane.executor, self._read_lane, lane, lane_meters, synced)
             )
-        results: dict[str, MeterOutcome] = {}
         for outcomes in await asyncio.gather(*jobs):
             for outcome in outcomes:
                 results[outcome.meter_id] = outcome
@@ -564,8 +630,9 @@ class Poller:
                         health.consecutive_failures,
                     )
                 elif health.state == "unknown":
-                    _LOGGER.info("meter %s is up (%d readings)", health.meter_id,
-                                 len(outcome.readings))
+                    _LOGGER.info(
+                        "meter %s is up (%d readings)", health.meter_id, len(outcome.readings)
+                    )
                 health.state = "up"
                 health.consecutive_failures = 0
                 health.last_success = outcome.started
@@ -588,7 +655,3 @@ class Poller:
 
     def health_snapshot(self) -> list[dict[str, Any]]:
         return [h.as_dict() for h in self.health.values()]
-
-
-def meters_by_id(config: Config) -> Mapping[str, MeterConfig]:
-    return {m.id: m for m in config.meters}
