@@ -24,6 +24,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from logger.readings import Reading, ValueKind, utc_now
 from logger.store._policy import PendingRow, Plan, plan_tick
@@ -78,8 +79,17 @@ def _from_us(us: int) -> datetime:
     return datetime.fromtimestamp(us // 1_000_000, UTC).replace(microsecond=us % 1_000_000)
 
 
-def _row_to_stored(row: sqlite3.Row | tuple[object, ...]) -> StoredReading:
-    (
+_KINDS = {k.value: k for k in ValueKind}
+
+
+def _rows_to_stored(rows: list[tuple[Any, ...]]) -> list[StoredReading]:
+    """Rows of ``_COLUMNS`` to readings. Timestamps and flag sets repeat across a tick's rows,
+    so each distinct one is converted once (the uplink drains tens of thousands per second)."""
+    times: dict[int, datetime] = {}
+    meter_times: dict[str, datetime] = {}
+    flag_sets: dict[str, frozenset[str]] = {}
+    out: list[StoredReading] = []
+    for (
         seq,
         meter_id,
         rkey,
@@ -94,23 +104,35 @@ def _row_to_stored(row: sqlite3.Row | tuple[object, ...]) -> StoredReading:
         tariff,
         subunit,
         function,
-    ) = tuple(row)
-    reading = Reading(
-        meter_id=str(meter_id),
-        key=str(rkey),
-        quantity=str(quantity),
-        unit=str(unit),
-        value=str(value),
-        kind=ValueKind(str(kind)),
-        logger_time=_from_us(int(str(logger_us))),
-        meter_time=datetime.fromisoformat(str(meter_time)) if meter_time is not None else None,
-        flags=frozenset(f for f in str(flags).split(",") if f),
-        storage=int(str(storage)),
-        tariff=int(str(tariff)),
-        subunit=int(str(subunit)),
-        function=str(function),
-    )
-    return StoredReading(int(str(seq)), reading)
+    ) in rows:
+        logger_time = times.get(logger_us)
+        if logger_time is None:
+            logger_time = times[logger_us] = _from_us(logger_us)
+        mtime = None
+        if meter_time is not None:
+            mtime = meter_times.get(meter_time)
+            if mtime is None:
+                mtime = meter_times[meter_time] = datetime.fromisoformat(meter_time)
+        flag_set = flag_sets.get(flags)
+        if flag_set is None:
+            flag_set = flag_sets[flags] = frozenset(f for f in flags.split(",") if f)
+        reading = Reading(
+            meter_id,
+            rkey,
+            quantity,
+            unit,
+            value,
+            _KINDS[kind],
+            logger_time,
+            mtime,
+            flag_set,
+            storage,
+            tariff,
+            subunit,
+            function,
+        )
+        out.append(StoredReading(seq, reading))
+    return out
 
 
 def disk_free_bytes(path: Path) -> int:
@@ -605,7 +627,7 @@ class SqliteStore:
             rows = self._db.execute(
                 f"SELECT {_COLUMNS} FROM readings ORDER BY seq LIMIT ?", (max_n,)
             ).fetchall()
-        return Batch(self._epoch, tuple(_row_to_stored(r) for r in rows))
+        return Batch(self._epoch, tuple(_rows_to_stored(rows)))
 
     def acknowledge(
         self, epoch: str, up_to_seq: int | None = None, seqs: Sequence[int] = ()
@@ -674,7 +696,7 @@ class SqliteStore:
                 f"SELECT {_COLUMNS} FROM readings WHERE seq > ? ORDER BY seq LIMIT ?",
                 (since_seq, max_n),
             ).fetchall()
-        return [_row_to_stored(r) for r in rows]
+        return _rows_to_stored(rows)
 
     def losses(self, since_id: int = 0) -> list[Loss]:
         with self._lock:
