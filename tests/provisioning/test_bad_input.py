@@ -20,10 +20,11 @@ from tests.support.pki import TestPki
 def registry_counts(pki: Path) -> tuple[int, int, int]:
     with Registry(pki / "registry.sqlite") as reg:
         db = reg._db
-        return tuple(
-            db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[return-value]
+        devices, certs, events = (
+            int(db.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
             for t in ("devices", "certificates", "events")
         )
+        return devices, certs, events
 
 
 def persistent_handles(tcti: str) -> str:

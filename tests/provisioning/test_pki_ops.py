@@ -152,7 +152,7 @@ def test_batch_issue_encrypted_pkcs12_and_manifest(org_cli: Cli) -> None:
     )
     assert bad.returncode != 0
     assert (
-        list(csv.DictReader(io.StringIO((out / "manifest.csv").read_text())))[0]["serial"]
+        next(iter(csv.DictReader(io.StringIO((out / "manifest.csv").read_text()))))["serial"]
         == "LEG-0001"
     )
     # A second batch never reuses a serial and never writes into a non-empty directory.

@@ -34,8 +34,8 @@ class _FreePortController(Controller):
     """aiosmtpd on port 0: read the bound port back before the self-test connection."""
 
     def _trigger_server(self) -> None:
-        assert self.server is not None
-        self.port = self.server.sockets[0].getsockname()[1]
+        server: Any = self.server
+        self.port = server.sockets[0].getsockname()[1]
         super()._trigger_server()
 
 
@@ -114,7 +114,7 @@ def test_reminders_once_per_certificate_and_threshold(
     sent = {s["serial"]: s["threshold_days"] for s in r.json()["sent"]}
     assert sent == {d100.serial: 183, d20.serial: 30, d5.serial: 7}
     assert len(inbox.messages) == 3 and len(posts) == 3
-    for rcpt, msg in inbox.messages:
+    for rcpt, _msg in inbox.messages:
         assert rcpt == ["pki@acme.example"]  # the organization's contact
     bodies = {msg["Subject"]: msg.get_payload() for _, msg in inbox.messages}
     device = d20
