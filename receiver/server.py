@@ -1,0 +1,543 @@
+"""``mbus-receiver serve``: the organization's OPC UA server, hardened.
+
+What it adds to a stock asyncua server (SECURITY.md):
+
+* endpoints: SignAndEncrypt with Aes256_Sha256_RsaPss, Aes128_Sha256_RsaOaep and
+  Basic256Sha256 only; the None channel carries GetEndpoints and nothing else that matters;
+* a gate on the secure channel's own certificate (:class:`receiver.security.Gate`) at two
+  points: OpenSecureChannel (through :mod:`receiver._compat`, before the server's key decrypts
+  anything; refused with ``BadSecurityChecksFailed``) and ActivateSession (the user manager gets
+  the channel's certificate from asyncua - not the one claimed in CreateSession). Only
+  anonymous identity tokens are offered: the application certificate is the credential, and
+  everything a session does is attributed to it;
+* roles: loggers may call every method; operators browse, read and call only
+  :data:`logger.contract.OPERATOR_METHODS`; nobody writes;
+* CRLs and trust anchors re-read when their files change (polled every few seconds, well
+  inside the 30 s CLI.md promises); every live channel is re-checked after a change, and a
+  revoked logger's connection is closed;
+* security events and bad requests go to the storage's hash-chained audit log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from asyncua import Server, ua
+from asyncua.crypto.permission_rules import User, UserRole
+
+from logger import contract
+from receiver import _compat
+from receiver.security import (
+    Gate,
+    Principal,
+    ReceiverDir,
+    ReceiverSetupError,
+    Refused,
+    read_passphrase,
+)
+from receiver.storage import (
+    BadBatch,
+    InvalidConfiguration,
+    MeterHealth,
+    SequenceConflict,
+    StatusReport,
+    Storage,
+    StorageError,
+    open_storage,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "opc.tcp://0.0.0.0:4840"
+RELOAD_INTERVAL_S = 5.0
+RECHECK_INTERVAL_S = 60.0
+
+_VARIANT = {
+    "String": ua.VariantType.String,
+    "UInt64": ua.VariantType.UInt64,
+    "UInt32": ua.VariantType.UInt32,
+    "Int32": ua.VariantType.Int32,
+    "Double": ua.VariantType.Double,
+    "Boolean": ua.VariantType.Boolean,
+    "DateTime": ua.VariantType.DateTime,
+    "ByteString": ua.VariantType.ByteString,
+}
+_DATATYPE = {
+    "String": ua.ObjectIds.String,
+    "UInt64": ua.ObjectIds.UInt64,
+    "UInt32": ua.ObjectIds.UInt32,
+    "Int32": ua.ObjectIds.Int32,
+    "Double": ua.ObjectIds.Double,
+    "Boolean": ua.ObjectIds.Boolean,
+    "DateTime": ua.ObjectIds.DateTime,
+    "ByteString": ua.ObjectIds.ByteString,
+}
+
+
+@dataclass
+class ChannelUser(User):
+    """asyncua's session user, carrying the principal of the channel certificate."""
+
+    principal: Principal | None = None
+
+
+def _status(code: int) -> ua.StatusCode:
+    return ua.StatusCode(ua.UInt32(code))
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _ua_argument(arg: contract.Argument) -> ua.Argument:
+    out = ua.Argument()
+    out.Name = arg.name
+    out.DataType = ua.NodeId(ua.Int32(_DATATYPE[arg.type]))
+    out.ValueRank = 1 if arg.array else -1
+    out.ArrayDimensions = [0] if arg.array else []
+    out.Description = ua.LocalizedText(arg.description)
+    return out
+
+
+def decode_arguments(
+    spec: tuple[contract.Argument, ...], variants: tuple[Any, ...]
+) -> dict[str, Any]:
+    """Check a call's input Variants against the contract; return name -> Python value."""
+    if len(variants) < len(spec):
+        raise BadRequest(
+            ua.StatusCodes.BadArgumentsMissing,
+            f"expected {len(spec)} arguments, got {len(variants)}",
+        )
+    if len(variants) > len(spec):
+        raise BadRequest(
+            ua.StatusCodes.BadTooManyArguments,
+            f"expected {len(spec)} arguments, got {len(variants)}",
+        )
+    values: dict[str, Any] = {}
+    for arg, variant in zip(spec, variants, strict=True):
+        value = variant.Value if isinstance(variant, ua.Variant) else variant
+        vtype = variant.VariantType if isinstance(variant, ua.Variant) else None
+        if arg.array:
+            if value is None:
+                value = []
+            if not isinstance(value, list):
+                raise BadRequest(ua.StatusCodes.BadInvalidArgument, f"{arg.name} must be an array")
+        elif isinstance(value, list):
+            raise BadRequest(ua.StatusCodes.BadInvalidArgument, f"{arg.name} must be a scalar")
+        if vtype is not None and vtype != _VARIANT[arg.type] and not (value == [] or value is None):
+            raise BadRequest(
+                ua.StatusCodes.BadTypeMismatch,
+                f"{arg.name} must be {arg.type}, not {vtype.name}",
+            )
+        values[arg.name] = value
+    return values
+
+
+def _out(spec: tuple[contract.Argument, ...], values: list[Any]) -> list[ua.Variant]:
+    return [
+        ua.Variant(v, _VARIANT[a.type], is_array=a.array)
+        if a.array
+        else ua.Variant(v, _VARIANT[a.type])
+        for a, v in zip(spec, values, strict=True)
+    ]
+
+
+class _GateUserManager:
+    """asyncua user manager: ActivateSession's check on the *channel* certificate."""
+
+    def __init__(self, receiver: ReceiverServer) -> None:
+        self._receiver = receiver
+
+    def get_user(
+        self,
+        iserver: Any,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,
+    ) -> User | None:
+        if username or password:
+            self._receiver.audit_soon(
+                "session.rejected", detail="user name tokens are not accepted"
+            )
+            return None
+        der = (
+            certificate
+            if isinstance(certificate, bytes | bytearray) or certificate is None
+            else (None)
+        )
+        try:
+            principal = self._receiver.gate.check(bytes(der) if der else None)
+        except Refused as refusal:
+            self._receiver.audit_soon(
+                refusal.event,
+                device_uri=refusal.uri,
+                thumbprint=refusal.thumbprint,
+                detail=f"ActivateSession: {refusal}",
+            )
+            _LOGGER.warning("session refused: %s", refusal)
+            return None
+        if principal.role == "logger":
+            self._receiver.spawn(
+                self._receiver.storage.record_contact(
+                    principal.application_uri, principal.thumbprint, principal.not_after
+                )
+            )
+        return ChannelUser(role=UserRole.User, name=principal.application_uri, principal=principal)
+
+
+class ReceiverServer:
+    """The running receiver: asyncua server, gate, methods, trust reloading."""
+
+    def __init__(
+        self,
+        rdir: ReceiverDir,
+        storage: Storage,
+        listen: str = DEFAULT_LISTEN,
+        reload_interval_s: float = RELOAD_INTERVAL_S,
+        recheck_interval_s: float = RECHECK_INTERVAL_S,
+    ) -> None:
+        self.rdir = rdir
+        self.storage = storage
+        self.listen = listen
+        self.gate = Gate(rdir)
+        self.reload_interval_s = reload_interval_s
+        self.recheck_interval_s = recheck_interval_s
+        self.server: Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._watcher: asyncio.Task[None] | None = None
+        self.closed_channels = 0
+
+    # -- background work -------------------------------------------------------------------
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        async def _guarded() -> None:
+            try:
+                await coro
+            except StorageError as exc:
+                _LOGGER.error("storage: %s", exc)
+
+        task = asyncio.get_running_loop().create_task(_guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def audit_soon(self, event: str, **fields: str) -> None:
+        self.spawn(self.storage.audit(event, **fields))
+
+    async def drain(self) -> None:
+        """Wait for scheduled audit entries and contacts (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # -- the OPN gate ----------------------------------------------------------------------
+    def _channel_gate(self, der: bytes | None) -> tuple[int, str] | None:
+        if der is None:
+            return None  # a None channel: GetEndpoints only; ActivateSession refuses it
+        try:
+            self.gate.check(bytes(der))
+        except Refused as refusal:
+            _LOGGER.warning("secure channel refused: %s", refusal)
+            self.audit_soon(
+                refusal.event,
+                device_uri=refusal.uri,
+                thumbprint=refusal.thumbprint,
+                detail=f"OpenSecureChannel: {refusal}",
+            )
+            return int(ua.StatusCodes.BadSecurityChecksFailed), str(refusal)
+        return None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def endpoint_url(self) -> str:
+        assert self.server is not None and self.server.bserver is not None
+        host = urlparse(self.listen).hostname or "127.0.0.1"
+        return f"opc.tcp://{host}:{self.server.bserver.port}"
+
+    async def start(self) -> None:
+        server = Server(user_manager=_GateUserManager(self))  # type: ignore[arg-type]
+        await server.init()
+        server.set_endpoint(self.listen)
+        server.set_server_name(f"mbus-receiver {self.rdir.org}")
+        await server.set_application_uri(self.rdir.application_uri)
+        server.product_uri = "urn:mbus-ua-logger:receiver"
+        server.set_security_policy(
+            list(_compat.POLICY_TYPES),
+            permission_ruleset=_compat.ReadOnlyRuleset(),  # type: ignore[arg-type]
+        )
+        server.set_identity_tokens([ua.AnonymousIdentityToken])
+        server.iserver.certificate = self.rdir.cert
+        server.iserver.private_key = self.rdir.key
+        server.iserver.max_pending_activation_seconds = 10.0
+        _compat.install_session_context(server)
+        await self._build_address_space(server)
+        await server.start()
+        _compat.gate_endpoints(server, self._channel_gate)
+        self.server = server
+        self._watcher = asyncio.create_task(self._watch_trust())
+        _LOGGER.info("receiver of %s listening on %s", self.rdir.org, self.endpoint_url)
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        if self.server is not None:
+            await self.server.stop()
+            self.server = None
+        await self.drain()
+
+    async def __aenter__(self) -> ReceiverServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- trust reloading --------------------------------------------------------------------
+    async def _watch_trust(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_recheck = loop.time()
+        while True:
+            await asyncio.sleep(self.reload_interval_s)
+            try:
+                if self.gate.changed():
+                    await self.reload_trust()
+                    last_recheck = loop.time()
+                elif loop.time() - last_recheck >= self.recheck_interval_s:
+                    await self.recheck_channels()
+                    last_recheck = loop.time()
+            except Exception:
+                _LOGGER.exception("trust watcher")
+
+    async def reload_trust(self) -> int:
+        problems = self.gate.reload()
+        detail = "; ".join(problems) if problems else "ok"
+        _LOGGER.info("trust reloaded from %s: %s", self.rdir.path, detail)
+        await self.storage.audit("trust.reloaded", detail=detail[:2000])
+        return await self.recheck_channels()
+
+    async def recheck_channels(self) -> int:
+        """Re-check every live channel's certificate; close those now refused."""
+        if self.server is None:
+            return 0
+        closed = 0
+        for channel in _compat.live_channels(self.server):
+            if not channel.certificate:
+                continue
+            try:
+                self.gate.check(bytes(channel.certificate))
+            except Refused as refusal:
+                closed += 1
+                _LOGGER.warning("closing live session of %s: %s", channel.peer, refusal)
+                await self.storage.audit(
+                    refusal.event,
+                    device_uri=refusal.uri,
+                    thumbprint=refusal.thumbprint,
+                    peer=channel.peer,
+                    detail=f"live session closed: {refusal}",
+                )
+                channel.close()
+        self.closed_channels += closed
+        return closed
+
+    # -- address space and methods ----------------------------------------------------------
+    async def _build_address_space(self, server: Server) -> None:
+        idx = await server.register_namespace(contract.NAMESPACE_URI)
+        objects = server.nodes.objects
+        receiver = await objects.add_object(idx, contract.RECEIVER_OBJECT)
+        await receiver.add_folder(idx, contract.LOGGERS_FOLDER)
+        handlers: dict[str, Callable[[Principal, dict[str, Any]], Awaitable[list[Any]]]] = {
+            contract.PUSH_READINGS: self._push_readings,
+            contract.GET_CONFIGURATION: self._get_configuration,
+            contract.REPORT_INSTALLATION: self._report_installation,
+            contract.REPORT_STATUS: self._report_status,
+            contract.GET_TRUST_LIST: self._get_trust_list,
+        }
+        for name, (inputs, outputs) in contract.METHODS.items():
+            await receiver.add_method(
+                idx,
+                name,
+                self._method(name, inputs, outputs, handlers[name]),
+                [_ua_argument(a) for a in inputs],
+                [_ua_argument(a) for a in outputs],
+            )
+
+    def _method(
+        self,
+        name: str,
+        inputs: tuple[contract.Argument, ...],
+        outputs: tuple[contract.Argument, ...],
+        handler: Callable[[Principal, dict[str, Any]], Awaitable[list[Any]]],
+    ) -> Callable[..., Awaitable[Any]]:
+        async def _call(parent: ua.NodeId, *variants: Any) -> Any:
+            user = _compat.current_user.get()
+            principal = getattr(user, "principal", None)
+            if not isinstance(principal, Principal):
+                return _status(ua.StatusCodes.BadUserAccessDenied)
+            if principal.role != "logger" and name not in contract.OPERATOR_METHODS:
+                await self.storage.audit(
+                    "request.denied",
+                    device_uri=principal.application_uri,
+                    thumbprint=principal.thumbprint,
+                    detail=f"{principal.role} may not call {name}",
+                )
+                return _status(ua.StatusCodes.BadUserAccessDenied)
+            try:
+                args = decode_arguments(inputs, variants)
+                values = await handler(principal, args)
+            except BadRequest as exc:
+                await self.storage.audit(
+                    "request.bad",
+                    device_uri=principal.application_uri,
+                    thumbprint=principal.thumbprint,
+                    detail=f"{name}: {exc}"[:2000],
+                )
+                return _status(exc.status)
+            except StorageError as exc:
+                _LOGGER.error("%s from %s: storage: %s", name, principal.application_uri, exc)
+                return _status(ua.StatusCodes.BadResourceUnavailable)
+            return _out(outputs, values)
+
+        return _call
+
+    async def _push_readings(self, who: Principal, args: dict[str, Any]) -> list[Any]:
+        columns = {a.name: args[a.name] for a in contract.PUSH_READINGS_INPUT if a.array}
+        try:
+            contract.check_push_columns(columns)
+        except ValueError as exc:
+            too_large = "exceeds" in str(exc)
+            raise BadRequest(
+                ua.StatusCodes.BadRequestTooLarge
+                if too_large
+                else ua.StatusCodes.BadInvalidArgument,
+                str(exc),
+            ) from exc
+        try:
+            result = await self.storage.push(
+                who.application_uri, who.thumbprint, str(args["Epoch"] or ""), columns
+            )
+        except BadBatch as exc:
+            status = (
+                ua.StatusCodes.BadRequestTooLarge
+                if exc.too_large
+                else (ua.StatusCodes.BadInvalidArgument)
+            )
+            raise BadRequest(status, str(exc)) from exc
+        except SequenceConflict as exc:
+            raise BadRequest(ua.StatusCodes.BadInvalidArgument, str(exc)) from exc
+        return [result.acknowledged_up_to, result.inserted, result.duplicates]
+
+    async def _get_configuration(self, who: Principal, args: dict[str, Any]) -> list[Any]:
+        current = await self.storage.get_config(who.application_uri)
+        if current is None:
+            return [0, ""]
+        running = int(args["RunningVersion"] or 0)
+        return [current.version, "" if running == current.version else current.document]
+
+    async def _report_installation(self, who: Principal, args: dict[str, Any]) -> list[Any]:
+        for name in ("Serial", "Location", "FirmwareVersion"):
+            text = args[name]
+            if not isinstance(text, str) or len(text) > contract.MAX_VALUE_STRING:
+                raise BadRequest(
+                    ua.StatusCodes.BadInvalidArgument, f"{name} is not a bounded string"
+                )
+        serial = who.serial
+        if serial and args["Serial"] != serial:
+            raise BadRequest(
+                ua.StatusCodes.BadInvalidArgument,
+                f"serial {args['Serial']!r} does not match the certificate's {serial!r}",
+            )
+        await self.storage.report_installation(
+            who.application_uri,
+            who.thumbprint,
+            args["Serial"],
+            args["Location"],
+            args["FirmwareVersion"],
+        )
+        return []
+
+    async def _report_status(self, who: Principal, args: dict[str, Any]) -> list[Any]:
+        ids = args["MeterIds"]
+        columns = [
+            args[n] for n in ("MeterOk", "MeterFailures", "MeterLastSuccess", "MeterLastError")
+        ]
+        if any(len(c) != len(ids) for c in columns) or len(ids) > contract.MAX_BATCH:
+            raise BadRequest(ua.StatusCodes.BadInvalidArgument, "meter arrays of unequal length")
+        meters = tuple(
+            MeterHealth(str(m), bool(ok), int(f), _null_time(t), str(e or ""))
+            for m, ok, f, t, e in zip(ids, *columns, strict=True)
+        )
+        status = StatusReport(
+            buffer_depth=int(args["BufferDepth"]),
+            oldest_age_s=float(args["OldestAgeSeconds"]),
+            losses=int(args["Losses"]),
+            cert_days_left=int(args["CertificateDaysLeft"]),
+            config_version=int(args["ConfigVersion"]),
+            meters=meters,
+        )
+        await self.storage.report_status(who.application_uri, who.thumbprint, status)
+        return []
+
+    async def _get_trust_list(self, who: Principal, args: dict[str, Any]) -> list[Any]:
+        certs, crls = self.gate.trust_list()
+        return [certs, crls]
+
+
+def _null_time(value: Any) -> dt.datetime | None:
+    if not isinstance(value, dt.datetime) or value.year <= 1601:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+# -- command -------------------------------------------------------------------------------
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from logger.cli.common import PERMANENT, USAGE, CliError
+
+    try:
+        passphrase = read_passphrase(getattr(args, "passphrase_file", None))
+        rdir = ReceiverDir.load(Path(args.dir), passphrase)
+    except ReceiverSetupError as exc:
+        raise CliError(str(exc), PERMANENT) from exc
+    db = args.db
+    if not db:
+        raise CliError("no storage: give --db URL or set MBUS_RECEIVER_DB", USAGE)
+    try:
+        storage = await open_storage(db)
+    except InvalidConfiguration as exc:
+        raise CliError(str(exc), USAGE) from exc
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    receiver = ReceiverServer(rdir, storage, args.listen or DEFAULT_LISTEN)
+    try:
+        await receiver.start()
+        await storage.audit("receiver.started", detail=receiver.endpoint_url)
+        print(f"listening on {receiver.endpoint_url}", flush=True)
+        await stop.wait()
+    finally:
+        await receiver.stop()
+        await storage.close()
+    return 0
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    """Entry of ``mbus-receiver serve`` (called by :mod:`receiver.cli`)."""
+    return asyncio.run(_serve(args))
+
+
+__all__ = ["ChannelUser", "ReceiverServer", "decode_arguments", "serve_main"]
