@@ -88,7 +88,10 @@ def split_frame(data: bytes) -> tuple[int, int, int, bytes]:
                 "a long frame (68 L L 68 ...)",
             )
     frame = frames.parse_frame(data)
-    return frame.c, frame.a, frame.ci, frame.data
+    c, a, ci = frame.c, frame.a, frame.ci
+    if c is None or a is None or ci is None:  # only long and control frames get here
+        raise DecodeError("not a long frame", 0, "a long frame (68 L L 68 ...)")
+    return c, a, ci, frame.data
 
 
 def parse_telegram(data: bytes, libmbus: bool = False) -> "Telegram":

@@ -11,13 +11,15 @@ MicroPython-clean: plain classes, ``super().__init__`` only.
 class MBusError(Exception):
     """Base class of every error the codec raises."""
 
-    def __init__(self, message, offset=None, expected=None):
+    def __init__(
+        self, message: str, offset: "int | None" = None, expected: "str | None" = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.offset = offset
         self.expected = expected
 
-    def __str__(self):
+    def __str__(self) -> str:
         text = self.message
         if self.offset is not None:
             text = text + " at byte " + str(self.offset)

@@ -63,9 +63,17 @@ MAX_FRAME_BYTES = 261
 class Frame:
     """One parsed link-layer frame. ``data`` is the user data after the CI byte."""
 
-    __slots__ = ("kind", "c", "a", "ci", "data", "length")
+    __slots__ = ("a", "c", "ci", "data", "kind", "length")
 
-    def __init__(self, kind, c=None, a=None, ci=None, data=b"", length=1):
+    def __init__(
+        self,
+        kind: int,
+        c: "int | None" = None,
+        a: "int | None" = None,
+        ci: "int | None" = None,
+        data: bytes = b"",
+        length: int = 1,
+    ) -> None:
         self.kind = kind
         self.c = c
         self.a = a
@@ -73,7 +81,7 @@ class Frame:
         self.data = data
         self.length = length  # bytes on the wire
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return (
             isinstance(other, Frame)
             and self.kind == other.kind
@@ -83,7 +91,7 @@ class Frame:
             and bytes(self.data) == bytes(other.data)
         )
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         parts = [KIND_NAMES[self.kind]]
         if self.c is not None:
             parts.append("C=%02X" % self.c)
@@ -96,28 +104,30 @@ class Frame:
         return "Frame(" + " ".join(parts) + ")"
 
     @property
-    def fcb(self):
+    def fcb(self) -> bool:
         return bool(self.c is not None and self.c & C_FCB)
 
-    def encode(self):
+    def encode(self) -> bytes:
         if self.kind == ACK:
             return bytes((ACK_BYTE,))
+        c = self.c or 0
+        a = self.a or 0
         if self.kind == SHORT:
-            return encode_short(self.c, self.a)
-        return encode_long(self.c, self.a, self.ci, self.data)
+            return encode_short(c, a)
+        return encode_long(c, a, self.ci or 0, self.data)
 
 
 ACK_FRAME = Frame(ACK)
 
 
-def checksum(data, start=0, end=None):
+def checksum(data: bytes, start: int = 0, end: "int | None" = None) -> int:
     """Arithmetic sum modulo 256, as FT1.2 defines it."""
     if end is None:
         end = len(data)
     return sum(data[start:end]) & 0xFF
 
 
-def parse_frame(data, strict_end=True):
+def parse_frame(data: "bytes | bytearray", strict_end: bool = True) -> Frame:
     """Parse exactly one frame from the start of ``data``.
 
     With ``strict_end`` bytes after the frame are an error; otherwise they are ignored (the
@@ -157,9 +167,7 @@ def parse_frame(data, strict_end=True):
             )
         cs = sum(data[4 : 4 + length]) & 0xFF
         if data[4 + length] != cs:
-            raise ChecksumError(
-                "checksum %02X, computed %02X" % (data[4 + length], cs), 4 + length
-            )
+            raise ChecksumError("checksum %02X, computed %02X" % (data[4 + length], cs), 4 + length)
         if data[5 + length] != STOP:
             raise FrameError("stop byte is %02X" % data[5 + length], 5 + length, "16")
         kind = CONTROL if length == 3 else LONG
@@ -185,33 +193,33 @@ class FrameScanner:
     left over. ``skipped`` counts the noise bytes dropped so far.
     """
 
-    __slots__ = ("_buf", "_pos", "skipped", "offset", "accept_ack")
+    __slots__ = ("_buf", "_pos", "accept_ack", "offset", "skipped")
 
-    def __init__(self, accept_ack=True):
+    def __init__(self, accept_ack: bool = True) -> None:
         self._buf = bytearray()
         self._pos = 0
         self.skipped = 0
         self.offset = 0  # stream offset of _buf[0]
         self.accept_ack = accept_ack
 
-    def feed(self, data):
+    def feed(self, data: bytes) -> None:
         if self._pos > 4096:
             self._buf = self._buf[self._pos :]
             self.offset += self._pos
             self._pos = 0
         self._buf.extend(data)
 
-    def pending(self):
+    def pending(self) -> int:
         """Bytes received and not yet consumed."""
         return len(self._buf) - self._pos
 
-    def clear(self):
+    def clear(self) -> None:
         self.skipped += len(self._buf) - self._pos
         self.offset += len(self._buf)
         self._buf = bytearray()
         self._pos = 0
 
-    def next_frame(self):
+    def next_frame(self) -> "Frame | None":
         buf = self._buf
         n = len(buf)
         while self._pos < n:
@@ -246,7 +254,7 @@ class FrameScanner:
             self.skipped += 1
         return NEED_DATA
 
-    def flush(self):
+    def flush(self) -> "list[Frame]":
         """No more bytes will come: return complete frames left, skipping stuck headers.
 
         A header that promised more bytes than arrived is treated as noise so that a complete
@@ -269,11 +277,11 @@ class FrameScanner:
 # -- encoders -----------------------------------------------------------------------------
 
 
-def encode_short(c, a):
+def encode_short(c: int, a: int) -> bytes:
     return bytes((SHORT_START, c, a, (c + a) & 0xFF, STOP))
 
 
-def encode_long(c, a, ci, data=b""):
+def encode_long(c: int, a: int, ci: int, data: bytes = b"") -> bytes:
     n = len(data)
     if n > MAX_LONG_DATA:
         raise UsageError("user data of %d bytes exceeds %d" % (n, MAX_LONG_DATA))
@@ -292,20 +300,20 @@ def encode_long(c, a, ci, data=b""):
     return bytes(out)
 
 
-def _check_address(a, allow_special=True):
+def _check_address(a: int, allow_special: bool = True) -> None:
     if not 0 <= a <= 255:
         raise UsageError("address %r out of range 0-255" % (a,))
     if not allow_special and a > ADDR_MAX_PRIMARY:
         raise UsageError("primary address %d out of range 0-250" % a)
 
 
-def snd_nke(a):
+def snd_nke(a: int) -> bytes:
     """Link reset (also clears the FCB state and deselects a secondary-selected slave)."""
     _check_address(a)
     return encode_short(C_SND_NKE, a)
 
 
-def req_ud2(a, fcb=True, fcv=True):
+def req_ud2(a: int, fcb: bool = True, fcv: bool = True) -> bytes:
     """Request class 2 data. ``fcv=False`` sends C=0x4B (frame count bit not valid)."""
     _check_address(a)
     c = 0x4B
@@ -316,7 +324,7 @@ def req_ud2(a, fcb=True, fcv=True):
     return encode_short(c, a)
 
 
-def req_ud1(a, fcb=True, fcv=True):
+def req_ud1(a: int, fcb: bool = True, fcv: bool = True) -> bytes:
     """Request class 1 (alarm) data."""
     _check_address(a)
     c = 0x4A
@@ -327,30 +335,30 @@ def req_ud1(a, fcb=True, fcv=True):
     return encode_short(c, a)
 
 
-def snd_ud(a, ci, data=b"", fcb=False):
+def snd_ud(a: int, ci: int, data: bytes = b"", fcb: bool = False) -> bytes:
     """Send user data to a slave (answered with E5)."""
     _check_address(a)
     return encode_long(C_SND_UD_FCB if fcb else C_SND_UD, a, ci, data)
 
 
-def application_reset(a, subcode=None):
+def application_reset(a: int, subcode: "int | None" = None) -> bytes:
     """CI 0x50, optionally with the one-byte reset subcode."""
     data = b"" if subcode is None else bytes((subcode,))
     return snd_ud(a, CI_APPLICATION_RESET, data)
 
 
-def select_for_readout(a, records):
+def select_for_readout(a: int, records: bytes) -> bytes:
     """CI 0x51 with the DIF/VIF pairs the slave should include in its next RSP_UD."""
     return snd_ud(a, CI_DATA_SEND, bytes(records))
 
 
-def set_primary_address(a, new_address):
+def set_primary_address(a: int, new_address: int) -> bytes:
     """CI 0x51, DIF 01 VIF 7A: write a new primary address."""
     _check_address(new_address, allow_special=False)
     return snd_ud(a, CI_DATA_SEND, bytes((0x01, 0x7A, new_address)))
 
 
-def set_baudrate(a, baudrate):
+def set_baudrate(a: int, baudrate: int) -> bytes:
     """Control frame with CI 0xB8-0xBF; the slave acknowledges at the old rate, then switches."""
     if baudrate not in BAUD_RATES:
         raise UsageError("baud rate %r not one of %s" % (baudrate, BAUD_RATES))
@@ -358,7 +366,7 @@ def set_baudrate(a, baudrate):
     return encode_long(C_SND_UD, a, CI_BAUD_FIRST + BAUD_RATES.index(baudrate))
 
 
-def baudrate_from_ci(ci):
+def baudrate_from_ci(ci: int) -> "int | None":
     if CI_BAUD_FIRST <= ci <= CI_BAUD_FIRST + 7:
         return BAUD_RATES[ci - CI_BAUD_FIRST]
     return None
@@ -369,7 +377,7 @@ def baudrate_from_ci(ci):
 HEX = "0123456789ABCDEF"
 
 
-def secondary_mask_bytes(mask):
+def secondary_mask_bytes(mask: str) -> bytes:
     """Encode a 16-character secondary address or mask as the 8 bytes of a CI 0x52 select.
 
     ``mask`` is ``IIIIIIIIMMMMVVDD`` as libmbus writes it: the 8 identification digits (BCD,
@@ -396,7 +404,7 @@ def secondary_mask_bytes(mask):
     return bytes(out)
 
 
-def secondary_from_bytes(data):
+def secondary_from_bytes(data: bytes) -> str:
     """The 16-character secondary address of 8 header bytes (id LSB first, man, ver, med)."""
     if len(data) < 8:
         raise UsageError("secondary address needs 8 bytes, got %d" % len(data))
@@ -407,12 +415,12 @@ def secondary_from_bytes(data):
     return digits + "%04X%02X%02X" % (man, data[6], data[7])
 
 
-def select_secondary(mask):
+def select_secondary(mask: str) -> bytes:
     """SND_UD to address 253 with CI 0x52 selecting the slave(s) matching ``mask``."""
     return snd_ud(ADDR_SELECTED, CI_SELECT, secondary_mask_bytes(mask))
 
 
-def mask_matches(mask, address):
+def mask_matches(mask: str, address: str) -> bool:
     """Does a slave with secondary ``address`` (16 hex digits) answer a select of ``mask``?
 
     Nibble-wise: ``F`` in the mask matches any digit.
@@ -429,11 +437,11 @@ def mask_matches(mask, address):
 # -- slave answers ------------------------------------------------------------------------
 
 
-def ack():
+def ack() -> bytes:
     return bytes((ACK_BYTE,))
 
 
-def rsp_ud(a, ci, data, acd=False, dfc=False):
+def rsp_ud(a: int, ci: int, data: bytes, acd: bool = False, dfc: bool = False) -> bytes:
     """A slave's RSP_UD long frame carrying ``data`` after the CI byte."""
     c = C_RSP_UD
     if acd:
@@ -443,6 +451,6 @@ def rsp_ud(a, ci, data, acd=False, dfc=False):
     return encode_long(c, a, ci, data)
 
 
-def wire_time(nbytes, baudrate):
+def wire_time(nbytes: int, baudrate: int) -> float:
     """Seconds ``nbytes`` take on the wire at 8E1 (11 bits per character)."""
     return nbytes * 11.0 / baudrate
