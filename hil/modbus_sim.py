@@ -40,6 +40,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -80,62 +81,28 @@ def value_at(spec: RegisterSpec, step: int, salt: int = 0) -> Decimal:
     return (value / grid).to_integral_value() * grid
 
 
-class ModbusSim:
-    """One simulated meter (unit id) on TCP or on an RTU pty, in a background thread."""
+class SimMeter:
+    """One simulated meter: a unit id serving a register map whose values move by step."""
 
     def __init__(
         self,
         specs: Sequence[RegisterSpec],
         unit_id: int = 1,
         *,
-        rtu: bool = False,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        baudrate: int = 9600,
-        parity: str = "N",
         salt: int = 0,
         log: Path | None = None,
     ) -> None:
         self.specs = tuple(specs)
         self.unit_id = unit_id
-        self.rtu = rtu
-        self.host = host
-        self.port = port
-        self.baudrate = baudrate
-        self.parity = parity
         self.salt = salt
         self.log = log
         self.step = 0
-        self.served: list[dict[str, Any]] = []
-        self.device = ""  # the pty the client opens (RTU)
-        # Only the mapped registers exist: reading a hole gets "illegal data address", as on
-        # real meters. Holding and input registers are separate blocks.
-        blocks: dict[RegisterFunction, list[SimData]] = {f: [] for f in RegisterFunction}
-        for spec in self.specs:
-            blocks[spec.function].append(
-                SimData(spec.address, spec.count, 0, DataType.REGISTERS, readonly=True)
-            )
-        for block in blocks.values():
-            block.sort(key=lambda d: d.address)
-            if not block:  # pymodbus wants every block non-empty: one unused register
-                block.append(SimData(65534, 1, 0, DataType.REGISTERS, readonly=True))
-        bits = [SimData(0, 1, False, DataType.BITS, readonly=True)]
-        self._device = SimDevice(
-            unit_id,
-            (bits, list(bits), blocks[RegisterFunction.HOLDING], blocks[RegisterFunction.INPUT]),
-            action=self._on_access,
-        )
-        self._words: dict[tuple[RegisterFunction, int], int] = {}
         self.reads = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: ModbusTcpServer | ModbusSerialServer | None = None
-        self._thread: threading.Thread | None = None
-        self._socat: subprocess.Popen[bytes] | None = None
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.fail_with: int | None = None  # answer every request with this exception code
+        self.served: list[dict[str, Any]] = []
+        self._words: dict[tuple[RegisterFunction, int], int] = {}
         self._lock = threading.Lock()
         self._write_step()
-
-    # values ---------------------------------------------------------------------------------
 
     def values(self, step: int | None = None) -> dict[str, str]:
         """The exact values a logger reads at ``step`` (default: now)."""
@@ -144,6 +111,13 @@ class ModbusSim:
             s.name: decode_value(s, encode_value(s, value_at(s, step, self.salt)))
             for s in self.specs
         }
+
+    def advance(self, steps: int = 1) -> dict[str, str]:
+        with self._lock:
+            self.step += steps
+            self._write_step()
+            values: dict[str, str] = self.served[-1]["values"]
+            return values
 
     def _write_step(self) -> None:
         words: dict[tuple[RegisterFunction, int], int] = {}
@@ -162,6 +136,25 @@ class ModbusSim:
             with open(self.log, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def sim_device(self) -> SimDevice:
+        # Only the mapped registers exist: reading a hole gets "illegal data address", as on
+        # real meters. Holding and input registers are separate blocks.
+        blocks: dict[RegisterFunction, list[SimData]] = {f: [] for f in RegisterFunction}
+        for spec in self.specs:
+            blocks[spec.function].append(
+                SimData(spec.address, spec.count, 0, DataType.REGISTERS, readonly=True)
+            )
+        for block in blocks.values():
+            block.sort(key=lambda d: d.address)
+            if not block:  # pymodbus wants every block non-empty: one unused register
+                block.append(SimData(65534, 1, 0, DataType.REGISTERS, readonly=True))
+        bits = [SimData(0, 1, False, DataType.BITS, readonly=True)]
+        return SimDevice(
+            self.unit_id,
+            (bits, list(bits), blocks[RegisterFunction.HOLDING], blocks[RegisterFunction.INPUT]),
+            action=self._on_access,
+        )
+
     async def _on_access(
         self,
         function_code: int,
@@ -170,22 +163,74 @@ class ModbusSim:
         count: int,
         registers: list[int],
         set_values: object,
-    ) -> None:
+    ) -> Any:
         """Called by pymodbus on each request: put the current step's words in place."""
         function = RegisterFunction.HOLDING if function_code == 3 else RegisterFunction.INPUT
         with self._lock:
             words = self._words
             self.reads += 1
+            fail = self.fail_with
+        if fail is not None:
+            return ExcCodes(fail)
         for i in range(address, address + count):
             registers[i - start_address] = words.get((function, i), 0)
         return None
 
+
+class ModbusSim:
+    """Simulated meters on one TCP server or one RTU line (a pty pair), in a thread.
+
+    The first meter is given by ``specs``/``unit_id`` (its values, ``advance`` and ``served``
+    are available on the simulator itself); ``more`` adds meters on the same line or gateway,
+    as on an RS-485 bus. :meth:`advance` steps every meter.
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[RegisterSpec],
+        unit_id: int = 1,
+        *,
+        more: Sequence[SimMeter] = (),
+        rtu: bool = False,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        baudrate: int = 9600,
+        parity: str = "N",
+        salt: int = 0,
+        log: Path | None = None,
+    ) -> None:
+        self.meter = SimMeter(specs, unit_id, salt=salt, log=log)
+        self.meters = {m.unit_id: m for m in (self.meter, *more)}
+        if len(self.meters) != 1 + len(more):
+            raise ValueError("two simulated meters with the same unit id")
+        self.rtu = rtu
+        self.host = host
+        self.port = port
+        self.baudrate = baudrate
+        self.parity = parity
+        self.device = ""  # the pty the client opens (RTU)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: ModbusTcpServer | ModbusSerialServer | None = None
+        self._thread: threading.Thread | None = None
+        self._socat: subprocess.Popen[bytes] | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def served(self) -> list[dict[str, Any]]:
+        return self.meter.served
+
+    @property
+    def reads(self) -> int:
+        return sum(m.reads for m in self.meters.values())
+
+    def values(self, step: int | None = None) -> dict[str, str]:
+        return self.meter.values(step)
+
     def advance(self, steps: int = 1) -> dict[str, str]:
-        with self._lock:
-            self.step += steps
-            self._write_step()
-            values: dict[str, str] = self.served[-1]["values"]
-            return values
+        for meter in self.meters.values():
+            if meter is not self.meter:
+                meter.advance(steps)
+        return self.meter.advance(steps)
 
     # serving --------------------------------------------------------------------------------
 
@@ -209,7 +254,9 @@ class ModbusSim:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
-        self._thread = threading.Thread(target=run, name=f"modbus-sim {self.unit_id}", daemon=True)
+        self._thread = threading.Thread(
+            target=run, name=f"modbus-sim {self.meter.unit_id}", daemon=True
+        )
         self._thread.start()
         if not ready.wait(10) or failure:
             self.stop()
@@ -217,9 +264,10 @@ class ModbusSim:
         return self
 
     async def _listen(self) -> None:
+        devices = [m.sim_device() for m in self.meters.values()]
         if self.rtu:
             self._server = ModbusSerialServer(
-                self._device,
+                devices,
                 port=self._server_end,
                 baudrate=self.baudrate,
                 # A pty has no parity (MBUS.md): the meter's end is opened 8N1 whatever the
@@ -230,7 +278,7 @@ class ModbusSim:
                 timeout=1,
             )
         else:
-            self._server = ModbusTcpServer(self._device, address=(self.host, self.port))
+            self._server = ModbusTcpServer(devices, address=(self.host, self.port))
         await self._server.serve_forever(background=True)
         if not self.rtu:
             transport: Any = self._server.transport
@@ -291,6 +339,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="eastron_sdm630")
     parser.add_argument("--unit", type=int, default=1, help="unit id (default 1)")
+    parser.add_argument(
+        "--meter",
+        action="append",
+        default=[],
+        metavar="PROFILE:UNIT",
+        help="another meter on the same line or gateway (repeatable)",
+    )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--tcp", default="127.0.0.1:0", help="HOST:PORT (port 0: any free)")
     where.add_argument("--rtu", action="store_true", help="serve RTU on a new pty pair")
@@ -301,9 +356,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log", type=Path, help="append every step's values here (JSONL)")
     args = parser.parse_args(argv)
     host, _, port = args.tcp.rpartition(":")
+    more = []
+    for i, item in enumerate(args.meter, 1):
+        profile, _, unit = item.partition(":")
+        if profile not in PROFILES or not unit.isdigit():
+            parser.error(f"--meter {item}: PROFILE:UNIT with a profile of {sorted(PROFILES)}")
+        more.append(SimMeter(PROFILES[profile], int(unit), salt=args.salt + i, log=args.log))
     sim = ModbusSim(
         PROFILES[args.profile],
         args.unit,
+        more=more,
         rtu=args.rtu,
         host=host or "127.0.0.1",
         port=int(port or 0),

@@ -253,3 +253,43 @@ def test_simulator_as_a_program(tmp_path: Path) -> None:
     served = [json.loads(line) for line in log.read_text().splitlines()]
     got = {r.key: r.value for r in result.readings}
     assert any(s["values"] == got for s in served), "read values were never served"
+
+
+def test_several_meters_on_one_rtu_line_and_a_failing_one() -> None:
+    from hil.modbus_sim import SimMeter
+
+    second = SimMeter(PROFILES["eastron_sdm120"], unit_id=2, salt=5)
+    broken = SimMeter(PROFILES["eastron_sdm120"], unit_id=3)
+    broken.fail_with = 6  # server device busy
+    with ModbusSim(
+        PROFILES["carlo_gavazzi_em24"], unit_id=1, more=[second, broken], rtu=True, baudrate=38400
+    ) as sim:
+        bus = BusConfig("rs485", BusKind.MODBUS_RTU, sim.device, 38400, "N", 1, 1.0, None, 0)
+        meters = [
+            MeterConfig(
+                id=f"u{unit}",
+                kind=MeterKind.MODBUS_RTU,
+                interval_s=60,
+                bus="rs485",
+                unit_id=unit,
+                registers=PROFILES[profile],
+            )
+            for unit, profile in (
+                (1, "carlo_gavazzi_em24"),
+                (3, "eastron_sdm120"),
+                (2, "eastron_sdm120"),
+            )
+        ]
+        client = RtuClient(bus, threading.RLock())
+        try:
+            sim.advance()
+            results = read_all(client, meters, NOW)
+        finally:
+            client.close()
+    busy = results["u3"]
+    assert isinstance(busy, ModbusExceptionResponse) and busy.code == 6 and busy.transient
+    first, other = results["u1"], results["u2"]
+    assert not isinstance(first, Exception) and not isinstance(other, Exception)
+    assert {r.key: r.value for r in first.readings} == sim.values()
+    assert {r.key: r.value for r in other.readings} == second.values()
+    assert second.values() != sim.meters[3].values()  # salted: meters differ
