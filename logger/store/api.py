@@ -150,6 +150,10 @@ class ReadingStore(Protocol):
     @property
     def limits(self) -> BufferLimits: ...
 
+    def set_limits(self, limits: BufferLimits) -> None:
+        """New limits (a configuration reload); they apply from the next tick on."""
+        ...
+
     def commit_tick(
         self, readings: Sequence[Reading], now: datetime | None = None
     ) -> CommitResult: ...

@@ -60,7 +60,8 @@ class MemoryStore:
         return self._limits
 
     def set_limits(self, limits: BufferLimits) -> None:
-        self._limits = limits
+        with self._lock:
+            self._limits = limits
 
     def _record(self, loss: Loss) -> Loss:
         stored = Loss(

@@ -197,3 +197,14 @@ def test_fake_uplink_gets_everything_exactly_once(make_store: StoreFactory) -> N
     uplink.drain(store, max_n=5)
     assert uplink.seqs(store.epoch) == list(range(1, 43))
     assert store.stats(T0).depth == 0
+
+
+def test_new_limits_apply_from_the_next_tick(make_store: StoreFactory) -> None:
+    store = make_store()
+    store.commit_tick(make_tick(6), now=T0)
+    per = reading_size(make_tick(1)[0])
+    store.set_limits(BufferLimits(max_bytes=per * 4, max_age_s=None, min_free_bytes=0))
+    assert store.stats(T0).depth == 6  # nothing happens until the next tick
+    result = store.commit_tick(make_tick(1), now=T0)
+    assert sum(x.count for x in result.losses) == 3
+    assert store.limits.max_bytes == per * 4

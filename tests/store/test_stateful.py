@@ -32,22 +32,33 @@ class StoreMachine(RuleBasedStateMachine):
         self.limits = BufferLimits(max_bytes=None, max_age_s=None, min_free_bytes=0)
         self.sql: SqliteStore | None = None
         self.model: MemoryStore | None = None
+        self.free = 10**9  # what both stores are told the filesystem has free
 
     @rule(
         policy=st.sampled_from(list(BufferPolicy)),
         max_rows=st.one_of(st.none(), st.integers(3, 40)),
         max_age_min=st.one_of(st.none(), st.integers(10, 120)),
+        min_free=st.sampled_from([0, 10**6]),
     )
     @precondition(lambda self: self.sql is None)
-    def start(self, policy: BufferPolicy, max_rows: int | None, max_age_min: int | None) -> None:
+    def start(
+        self, policy: BufferPolicy, max_rows: int | None, max_age_min: int | None, min_free: int
+    ) -> None:
         self.limits = BufferLimits(
             max_bytes=None if max_rows is None else max_rows * PER,
             max_age_s=None if max_age_min is None else max_age_min * 60.0,
-            min_free_bytes=0,
+            min_free_bytes=min_free,
             policy=policy,
         )
-        self.sql = SqliteStore(self.path, self.limits)
-        self.model = MemoryStore(self.limits, epoch=self.sql.epoch)
+        self.sql = SqliteStore(self.path, self.limits, free_bytes=self._free)
+        self.model = MemoryStore(self.limits, epoch=self.sql.epoch, free_bytes=self._free)
+
+    def _free(self) -> int:
+        return self.free
+
+    @rule(free=st.sampled_from([10**9, 10**5]))
+    def disk(self, free: int) -> None:
+        self.free = free
 
     @rule(n=st.integers(0, 12), advance=st.integers(0, 40))
     @precondition(lambda self: self.sql is not None)
@@ -104,7 +115,7 @@ class StoreMachine(RuleBasedStateMachine):
     def restart(self) -> None:
         assert self.sql is not None
         self.sql.close()
-        self.sql = SqliteStore(self.path, self.limits)
+        self.sql = SqliteStore(self.path, self.limits, free_bytes=self._free)
         assert self.sql.recovery is None
 
     @invariant()
