@@ -13,9 +13,9 @@ import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, cast
 
-from logger.contract import MAX_CONFIG_BYTES, MAX_STRING, check_push_columns
+from logger.contract import MAX_BATCH, MAX_CONFIG_BYTES, MAX_STRING, check_push_columns
 
 from .api import (
     AuditEntry,
@@ -76,18 +76,22 @@ def normalize_batch(epoch: str, columns: Columns) -> list[Row]:
     """
     if not isinstance(epoch, str) or not epoch or len(epoch) > MAX_STRING:
         raise BadBatch(f"Epoch must be a non-empty string of at most {MAX_STRING} chars")
+    size = len(columns.get("Sequence", ()))
+    if size > MAX_BATCH:
+        raise BadBatch(f"batch of {size} readings exceeds {MAX_BATCH}", too_large=True)
     try:
         n = check_push_columns({k: list(v) for k, v in columns.items()})
     except ValueError as exc:
-        raise BadBatch(str(exc), too_large="exceeds" in str(exc)) from None
-    seqs = columns["Sequence"]
-    if int(seqs[n - 1]) > MAX_SEQUENCE:  # type: ignore[call-overload]
+        raise BadBatch(str(exc)) from None
+    # check_push_columns proved these are strictly increasing non-negative ints.
+    seqs = cast("Sequence[int]", columns["Sequence"])
+    if seqs[n - 1] > MAX_SEQUENCE:
         raise BadBatch(f"Sequence[{n - 1}] exceeds {MAX_SEQUENCE}")
     src = columns["SourceTime"]
     lgt = columns["LoggerTime"]
     return [
         (
-            int(seqs[i]),  # type: ignore[call-overload]
+            int(seqs[i]),
             str(columns["Meter"][i]),
             str(columns["Record"][i]),
             str(columns["Value"][i]),

@@ -403,8 +403,17 @@ class SqliteStorage:
             "FROM readings WHERE device_id = ? AND epoch = ? AND seq BETWEEN ? AND ?",
             (device_id, epoch, rows[0][0], rows[-1][0]),
         ):
-            stored[rec[0]] = (rec[0], rec[1], rec[2], rec[3], rec[4], rec[5], _dt(rec[6]),
-                              _dt(rec[7]), rec[8])  # fmt: skip
+            stored[rec[0]] = (
+                rec[0],
+                rec[1],
+                rec[2],
+                rec[3],
+                rec[4],
+                rec[5],
+                _dt(rec[6]),
+                _dt(rec[7]),
+                rec[8],
+            )
         for row in rows:
             old = stored[row[0]]
             if old != row:
@@ -645,9 +654,8 @@ class SqliteStorage:
             version = 1 if current is None else int(current[0]) + 1
             db.execute(
                 "INSERT INTO configs VALUES (?, ?, ?, ?, ?)",
-                (device_id, version, _rows.served_config(version, document), _us(_now()),
-                 set_by),
-            )  # fmt: skip
+                (device_id, version, _rows.served_config(version, document), _us(_now()), set_by),
+            )
             self._append_audit(db, "config.set", device_uri, "", set_by, f"version {version}")
             return version
 

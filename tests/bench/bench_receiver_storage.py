@@ -71,11 +71,20 @@ def bench_bare_sqlite(path: Path, batches: int, size: int) -> dict[str, float]:
         c = batch(k * size, size, records=20)
         start = time.perf_counter()
         rows = [
-            ("e1", c["Sequence"][i], c["Meter"][i], c["Record"][i], c["Value"][i],
-             c["Unit"][i], c["Quantity"][i], None, c["LoggerTime"][i].timestamp(),  # type: ignore[attr-defined]
-             c["Flags"][i])
+            (
+                "e1",
+                c["Sequence"][i],
+                c["Meter"][i],
+                c["Record"][i],
+                c["Value"][i],
+                c["Unit"][i],
+                c["Quantity"][i],
+                None,
+                c["LoggerTime"][i].timestamp(),  # type: ignore[attr-defined]
+                c["Flags"][i],
+            )
             for i in range(size)
-        ]  # fmt: skip
+        ]
         db.execute("BEGIN")
         db.executemany("INSERT INTO r VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         db.execute("COMMIT")

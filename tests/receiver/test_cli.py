@@ -227,8 +227,17 @@ def test_serve_hands_its_options_to_the_server(
     fake.serve_main = serve_main  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "receiver.server", fake)
     secret = tmp_path / "pass"
-    argv = ["serve", "--dir", str(tmp_path), "--listen", "opc.tcp://127.0.0.1:0",
-            "--db", "sqlite:///x.db", "--passphrase-file", str(secret)]  # fmt: skip
+    argv = [
+        "serve",
+        "--dir",
+        str(tmp_path),
+        "--listen",
+        "opc.tcp://127.0.0.1:0",
+        "--db",
+        "sqlite:///x.db",
+        "--passphrase-file",
+        str(secret),
+    ]
     assert main(argv) == 4
     assert seen["dir"] == tmp_path and seen["listen"] == "opc.tcp://127.0.0.1:0"
     assert seen["db"] == "sqlite:///x.db" and seen["passphrase_file"] == secret

@@ -181,8 +181,17 @@ def test_oversized_empty_and_epochless_batches_are_refused(storage_url: str) -> 
 
 def test_values_and_times_cross_exactly(storage_url: str) -> None:
     # Billing data: "12.340" must come back as "12.340", never 12.34 or 12.339999….
-    values = ["12.340", "-0.001", "serial ABC", "123456789012345678901234567890.123456789", "0",
-              "2026-03-01T10:15", "1E+3", "NaN", ""]  # fmt: skip
+    values = [
+        "12.340",
+        "-0.001",
+        "serial ABC",
+        "123456789012345678901234567890.123456789",
+        "0",
+        "2026-03-01T10:15",
+        "1E+3",
+        "NaN",
+        "",
+    ]
     naive = datetime(2026, 3, 1, 10, 15, 30, 123456)
     east = datetime(2026, 3, 1, 12, 0, 0, 1, tzinfo=timezone(timedelta(hours=2)))
 
@@ -402,9 +411,12 @@ def test_invalid_configuration_is_refused(storage_url: str, document: str, messa
 async def _five_entries(storage: Storage) -> None:
     for i in range(1, 6):
         await storage.audit(
-            f"event.{i}", device_uri=DEV, thumbprint=THUMB, peer=f"10.0.0.{i}:4840",
+            f"event.{i}",
+            device_uri=DEV,
+            thumbprint=THUMB,
+            peer=f"10.0.0.{i}:4840",
             detail=f"détail {i}",
-        )  # fmt: skip
+        )
 
 
 def test_audit_chain_verifies_and_lists(storage_url: str) -> None:
@@ -432,8 +444,9 @@ def test_audit_chain_verifies_and_lists(storage_url: str) -> None:
 
 
 def _forge_hash_sql(entry_id: int, prev: str, time: datetime, detail: str) -> str:
-    digest = audit_hash(prev, entry_id, time, f"event.{entry_id}", DEV, THUMB,
-                        f"10.0.0.{entry_id}:4840", detail)  # fmt: skip
+    digest = audit_hash(
+        prev, entry_id, time, f"event.{entry_id}", DEV, THUMB, f"10.0.0.{entry_id}:4840", detail
+    )
     return f"UPDATE audit SET detail = '{detail}', hash = '{digest}' WHERE id = {entry_id}"
 
 
@@ -509,8 +522,10 @@ def test_two_instances_pushing_the_same_batches_store_each_reading_once(
             pushes = []
             for k in range(8):
                 columns = batch(k * 500, 500)
-                pushes += [first.push(DEV, THUMB, "e1", columns),
-                           second.push(DEV, THUMB, "e1", columns)]  # fmt: skip
+                pushes += [
+                    first.push(DEV, THUMB, "e1", columns),
+                    second.push(DEV, THUMB, "e1", columns),
+                ]
             results = await asyncio.gather(*pushes)
             assert sum(r.inserted for r in results) == 4000
             assert sum(r.duplicates for r in results) == 4000
@@ -518,9 +533,9 @@ def test_two_instances_pushing_the_same_batches_store_each_reading_once(
             rows = await exported(first)
             assert sorted(int(str(r[2])) for r in rows) == list(range(4000))
             # Audit appends from both instances form one unbroken chain.
-            await asyncio.gather(*[
-                (first if i % 2 else second).audit(f"e{i}", detail=str(i)) for i in range(40)
-            ])  # fmt: skip
+            await asyncio.gather(
+                *[(first if i % 2 else second).audit(f"e{i}", detail=str(i)) for i in range(40)]
+            )
             verdict = await second.verify_audit()
             assert verdict.ok and verdict.entries == 40, verdict
         finally:
@@ -639,12 +654,16 @@ def test_postgres_keeps_a_numeric_beside_the_exact_text(postgres: PostgresServer
             await storage.close()
         conn = await asyncpg.connect(url)
         try:
-            rows = await conn.fetch("SELECT value, value_num::text, value_double FROM readings "
-                                    "ORDER BY seq")  # fmt: skip
+            rows = await conn.fetch(
+                "SELECT value, value_num::text, value_double FROM readings ORDER BY seq"
+            )
         finally:
             await conn.close()
-        assert [tuple(r) for r in rows] == [("12.340", "12.340", 12.34), ("text", None, None),
-                                            ("1e99999", None, None)]  # fmt: skip
+        assert [tuple(r) for r in rows] == [
+            ("12.340", "12.340", 12.34),
+            ("text", None, None),
+            ("1e99999", None, None),
+        ]
 
     run(scenario())
 
