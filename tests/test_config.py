@@ -65,8 +65,9 @@ def test_the_minimal_config_has_sane_defaults() -> None:
     assert (bus.baud_rate, bus.parity, bus.timeout_s, bus.retries) == (2400, "E", None, 3)
 
 
-def test_every_problem_is_reported_with_its_line() -> None:
-    path = CASES / "many_problems.toml"
+@pytest.mark.parametrize("case", ["many_problems.toml", "inline_registers.toml"])
+def test_every_problem_is_reported_with_its_line(case: str) -> None:
+    path = CASES / case
     expected = {}
     for number, line in enumerate(path.read_text().splitlines(), 1):
         m = re.search(r"# ERROR: (.+)$", line)

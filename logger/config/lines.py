@@ -12,6 +12,7 @@ or array resolves to the line of its nearest recorded parent.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 Path = tuple[str | int, ...]
 
@@ -114,15 +115,46 @@ class _Scanner:
                 self.lines.setdefault(path, line)
             # skip '=' and the value, which may span lines (arrays, multi-line strings)
             j = text.find("=", j) + 1
-            i, line = self._skip_value(j, line)
+            i, line = self._skip_value(j, line, path)
         return self.lines
 
-    def _skip_value(self, i: int, line: int) -> tuple[int, int]:
+    def _skip_value(self, i: int, line: int, path: Path) -> tuple[int, int]:
+        """Skip one value (to the end of its line, or of its last line), recording the line of
+        each array element and inline-table key inside it."""
         text = self.text
         n = len(text)
-        depth = 0
+        # open containers: [is_array, path, element index, expecting an element/key]
+        stack: list[list[Any]] = []
+        value_path = path
         while i < n:
             c = text[i]
+            if c in " \t\r":
+                i += 1
+                continue
+            if c == "\n":
+                if not stack:
+                    return i, line
+                line += 1
+                i += 1
+                continue
+            if c == "#":
+                while i < n and text[i] != "\n":
+                    i += 1
+                continue
+            if stack and stack[-1][3] and c not in "]}":
+                frame = stack[-1]
+                frame[3] = False
+                if frame[0]:
+                    value_path = (*frame[1], frame[2])
+                    self.lines.setdefault(value_path, line)
+                else:
+                    parts, i = _parse_key(text, i)
+                    value_path = frame[1]
+                    for part in parts:
+                        value_path = (*value_path, part)
+                        self.lines.setdefault(value_path, line)
+                    i = text.find("=", i) + 1
+                    continue
             if text.startswith('"""', i) or text.startswith("'''", i):
                 delim = text[i : i + 3]
                 end = text.find(delim, i + 3)
@@ -142,18 +174,15 @@ class _Scanner:
                 end = text.find("'", i + 1)
                 i = n if end < 0 else end + 1
                 continue
-            if c == "#":
-                while i < n and text[i] != "\n":
-                    i += 1
-                continue
             if c in "[{":
-                depth += 1
+                stack.append([c == "[", value_path, 0, True])
             elif c in "]}":
-                depth -= 1
-            elif c == "\n":
-                if depth <= 0:
-                    return i, line
-                line += 1
+                if stack:
+                    stack.pop()
+            elif c == "," and stack:
+                stack[-1][3] = True
+                if stack[-1][0]:
+                    stack[-1][2] += 1
             i += 1
         return i, line
 
