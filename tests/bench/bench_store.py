@@ -146,6 +146,30 @@ def memory(cycles: int, base: Path) -> list[tuple[int, int]]:
     return samples
 
 
+def size_and_drain(ticks: int, base: Path) -> dict[str, float]:
+    """File size against the accounted bytes, and how fast the uplink can drain."""
+    with tempfile.TemporaryDirectory(dir=base) as d:
+        path = Path(d) / "buffer.db"
+        store = SqliteStore(path, BufferLimits(max_bytes=None, max_age_s=None, min_free_bytes=0))
+        for c in range(ticks):
+            at = T0 + timedelta(minutes=15 * c)
+            store.commit_tick(make_tick(METERS, at), now=at)
+        store._checkpoint()
+        accounted = store.stats(T0).bytes
+        file_bytes = path.stat().st_size
+        t0 = time.perf_counter()
+        drained = 0
+        while True:
+            batch = store.pending_batch(5000)
+            if not batch.items:
+                break
+            assert batch.last_seq is not None
+            drained += store.acknowledge(batch.epoch, up_to_seq=batch.last_seq)
+        elapsed = time.perf_counter() - t0
+        store.close()
+    return {"accounted": accounted, "file": file_bytes, "drain_per_s": drained / elapsed}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=200)
@@ -174,6 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         f"ratio per-value / per-tick: fsync x{value['fsync'] / tick['fsync']:.0f}, "
         f"bytes x{value['write_bytes'] / max(tick['write_bytes'], 1e-9):.1f}, "
         f"wchar x{value['wchar'] / tick['wchar']:.1f}"
+    )
+    sd = size_and_drain(1000, base)
+    print(
+        f"100,000 readings: database file {sd['file'] / 1e6:.1f} MB for "
+        f"{sd['accounted'] / 1e6:.1f} MB accounted against max_bytes "
+        f"(ratio {sd['file'] / sd['accounted']:.2f}); drained oldest-first in batches of "
+        f"5,000 with acknowledgement: {sd['drain_per_s']:,.0f} readings/s"
     )
     samples = memory(args.memory_cycles, base)
     print(
