@@ -31,6 +31,7 @@ waiting; the daemon uses :class:`WallTimer`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -461,7 +462,6 @@ class Poller:
 
     def _start_tick(self, meters: Sequence[MeterConfig], tick: datetime) -> None:
         ids = {m.id for m in meters}
-        self._in_flight |= ids
 
         def done(task: asyncio.Task[TickReport]) -> None:
             self._ticks.discard(task)
@@ -533,9 +533,13 @@ class Poller:
                 for meter in lane_meters:
                     results[meter.id] = MeterOutcome(meter.id, (), error, started)
                 continue
-            jobs.append(
-                loop.run_in_executor(lane.executor, self._read_lane, lane, lane_meters, synced)
-            )
+            job = loop.run_in_executor(lane.executor, self._read_lane, lane, lane_meters, synced)
+            ids = {m.id for m in lane_meters}
+            self._in_flight |= ids
+            # A meter is free for its next slot once its own lane is done with it, even if
+            # another lane of this tick (a slow bus) has not finished yet.
+            job.add_done_callback(functools.partial(self._lane_done, ids))
+            jobs.append(job)
         for outcomes in await asyncio.gather(*jobs):
             for outcome in outcomes:
                 results[outcome.meter_id] = outcome
@@ -584,6 +588,9 @@ class Poller:
                 await result
         return report
 
+    def _lane_done(self, ids: set[str], _future: asyncio.Future[list[MeterOutcome]]) -> None:
+        self._in_flight.difference_update(ids)
+
     def _read_lane(
         self, lane: _Lane, meters: Sequence[MeterConfig], synced: bool
     ) -> list[MeterOutcome]:
@@ -621,6 +628,14 @@ class Poller:
             if health is None:
                 continue
             health.polls += 1
+            if outcome.error is not None:
+                health.failures += 1
+            if (
+                health.last_attempt is not None
+                and outcome.started is not None
+                and outcome.started < health.last_attempt
+            ):
+                continue  # an older tick that finished late: counted, but it is not news
             health.last_attempt = outcome.started
             if outcome.error is None and committed:
                 if health.state == "down":
@@ -638,7 +653,6 @@ class Poller:
                 health.last_success = outcome.started
                 health.last_readings = len(outcome.readings)
             elif outcome.error is not None:
-                health.failures += 1
                 health.consecutive_failures += 1
                 health.last_error = outcome.error
                 health.last_error_at = outcome.started
