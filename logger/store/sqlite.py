@@ -141,6 +141,15 @@ def disk_free_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    """SQLite says the file is damaged or not a database (not: locked, I/O, full)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    text = str(exc)
+    return "malformed" in text or "not a database" in text
+
+
 def _is_disk_full(exc: sqlite3.Error) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     return (
@@ -161,8 +170,10 @@ class SqliteStore:
         free_bytes: Callable[[], int | None] | None = None,
         readonly: bool = False,
         clock: Callable[[], datetime] = utc_now,
+        busy_timeout_s: float = 30.0,
     ) -> None:
         self.path = Path(path)
+        self._busy_timeout_s = busy_timeout_s
         self._limits = limits or BufferLimits()
         self._clock = clock
         self._readonly = readonly
@@ -184,8 +195,12 @@ class SqliteStore:
     # --- opening -------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-        return db
+        return sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=self._busy_timeout_s,
+        )
 
     def _connect_readonly(self) -> sqlite3.Connection:
         if not self.path.exists():
@@ -196,7 +211,7 @@ class SqliteStore:
                 uri=True,
                 isolation_level=None,
                 check_same_thread=False,
-                timeout=30.0,
+                timeout=self._busy_timeout_s,
             )
             version = db.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as exc:
@@ -228,6 +243,13 @@ class SqliteStore:
                 db.close()
             raise
         except sqlite3.DatabaseError as exc:
+            if db is not None:
+                db.close()
+            if not _is_corruption(exc):
+                # Locked by another process, I/O error, full disk: not the file's fault, and
+                # moving a healthy buffer aside would orphan its readings.
+                raise StoreError(f"{self.path}: cannot open the buffer: {exc}") from exc
+            db = None
             problem = f"{type(exc).__name__}: {exc}"
         if problem is None:
             assert db is not None

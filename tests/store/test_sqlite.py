@@ -132,3 +132,18 @@ def test_poller_and_uplink_threads_share_one_store(tmp_path: Path) -> None:
     assert not thread.is_alive()
     assert acked == list(range(1, 1001))
     store.close()
+
+
+def test_a_locked_database_is_an_error_not_corruption(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA journal_mode=DELETE")
+    other.execute("CREATE TABLE t (x)")
+    other.execute("BEGIN EXCLUSIVE")  # another program holds the file
+    try:
+        with pytest.raises(StoreError, match="locked"):
+            SqliteStore(path, UNBOUNDED, busy_timeout_s=0.05)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert path.exists() and not list(tmp_path.glob("*.corrupt-*"))
