@@ -7,6 +7,7 @@ the lock, so only the first run compiles tpm2-pytss.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -192,9 +193,53 @@ def _step_check_config() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-# Steps run against the installed package once the command exists in the CLI. ``key info``
-# against a software TPM and ``uplink check`` against a receiver join this list.
-OPTIONAL_STEPS = {"check-config": _step_check_config}
+def _step_key_info(tmp_path: Path) -> None:
+    """The installed tpm2-pytss (compiled against libtss2) makes a key in a software TPM."""
+    from tests.support.swtpm import swtpm
+
+    state = tmp_path / "device-state"
+    with swtpm() as tcti:
+        csr = _sh(
+            "/usr/bin/mbus-logger",
+            "cert",
+            "csr",
+            "--state-dir",
+            str(state),
+            "--tpm",
+            tcti,
+            "--serial",
+            "SN-DEB-1",
+            "--application-uri",
+            "urn:example:logger:SN-DEB-1",
+            "--org",
+            "acme",
+            "--out",
+            str(tmp_path / "device.csr"),
+            cwd="/",
+        )
+        assert (tmp_path / "device.csr").read_bytes().startswith(b"-----BEGIN"), csr.stderr
+        info = _sh(
+            "/usr/bin/mbus-logger",
+            "key",
+            "info",
+            "--state-dir",
+            str(state),
+            "--tpm",
+            tcti,
+            "--format",
+            "json",
+            cwd="/",
+        )
+    doc = json.loads(info.stdout)
+    assert doc["type"] == "tpm" and doc["tcti"] == tcti
+
+
+# Steps run against the installed package once the command exists in the CLI; ``uplink
+# check`` against a receiver joins this list.
+OPTIONAL_STEPS = {
+    "check-config": lambda tmp_path: _step_check_config(),
+    "key info": _step_key_info,
+}
 
 
 @pytest.mark.hil
@@ -223,7 +268,7 @@ def test_install_run_update_and_purge(deb, tmp_path):
         missing = []
         for name, step in OPTIONAL_STEPS.items():
             if _cli_has(name):
-                step()
+                step(tmp_path)
             else:
                 missing.append(name)
 
