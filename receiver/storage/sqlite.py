@@ -245,7 +245,20 @@ class SqliteStorage:
         conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
         self._migrate()
 
+    def _schema_version(self) -> int:
+        db = self._db
+        exists = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ).fetchone()
+        if exists is None:
+            return 0
+        return int(db.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0)
+
     def _migrate(self) -> None:
+        # Up to date: no write lock at all, so operators' read-only commands work on a file
+        # they may only read, and never wait for the receiver's writer.
+        if self._schema_version() == SCHEMA_VERSION:
+            return
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -265,7 +278,8 @@ class SqliteStorage:
                     db.execute("INSERT INTO schema_version VALUES (?)", (version,))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
 
     async def close(self) -> None:
@@ -283,10 +297,12 @@ class SqliteStorage:
         db.execute("BEGIN IMMEDIATE")
         try:
             result = fn(db)
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # A failed COMMIT (I/O error) leaves the transaction open: close it too.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
         return result
 
     @staticmethod
