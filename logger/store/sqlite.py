@@ -409,11 +409,9 @@ class SqliteStore:
         losses: list[Loss] = []
         for reason, rows in plan.drops.items():
             seqs = [r.seq for r in rows]
-            for i in range(0, len(seqs), 500):
-                chunk = seqs[i : i + 500]
-                self._db.execute(
-                    f"DELETE FROM readings WHERE seq IN ({','.join('?' * len(chunk))})", chunk
-                )
+            # The plan drops a prefix of the pending rows (oldest first, reason by reason),
+            # so the range holds exactly these rows.
+            self._db.execute("DELETE FROM readings WHERE seq BETWEEN ? AND ?", (seqs[0], seqs[-1]))
             losses.append(
                 self._insert_loss(
                     self._db,
