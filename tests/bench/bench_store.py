@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         f"100,000 readings: database file {sd['file'] / 1e6:.1f} MB for "
         f"{sd['accounted'] / 1e6:.1f} MB accounted against max_bytes "
         f"(ratio {sd['file'] / sd['accounted']:.2f}); drained oldest-first in batches of "
-        f"5,000 with acknowledgement: {sd['drain_per_s']:,.0f} readings/s"
+        f"5,000 with acknowledgement: {sd['drain_per_s']:,.0f} readings/s (median of 3)"
     )
     samples = memory(args.memory_cycles, base)
     print(
