@@ -84,21 +84,19 @@ def corpus_meters(count: int = 20, first_address: int = 1) -> list[SimMeter]:
 
 
 def secondary8() -> list[SimMeter]:
-    """Eight meters a libmbus-style scan (0-9, left to right) finds only partly.
-
-    Consecutive serial numbers (shared prefix 1234567x), two pairs that share the whole
-    identification number and differ only in hex digits (manufacturer, version, medium),
-    and a meter whose version nibble is F (not selectable as a digit).
-    """
+    """Eight meters at address 0 that a libmbus-style scan (0-9, left to right) finds only
+    partly: consecutive serial numbers (shared prefix 12345), three that share the last digit,
+    two with the same identification number that differ only in a hex version digit (A, B),
+    and one with F nibbles in version and medium."""
     specs = [
         (12345670, "ABB", 0x01, 0x02),
         (12345671, "ABB", 0x01, 0x02),
-        (12345672, "KAM", 0x1A, 0x04),
-        (12345680, "KAM", 0x1A, 0x04),
+        (12345680, "ABB", 0x01, 0x02),
+        (12345690, "KAM", 0x1A, 0x04),
+        (87654321, "ELS", 0x0A, 0x07),
         (87654321, "ELS", 0x0B, 0x07),
-        (87654321, "ELS", 0x0C, 0x07),  # same id, version B vs C
-        (87654321, "ELS", 0x0F, 0x07),  # same id, version F
-        (12345670, "SEN", 0x01, 0x16),  # same id as the first, other maker and medium
+        (12345672, "SEN", 0xFF, 0x0F),
+        (12345673, "LUG", 0x0C, 0x16),
     ]
     meters = []
     for k, (ident, man, version, medium) in enumerate(specs):

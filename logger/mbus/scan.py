@@ -10,9 +10,11 @@ one valid E5 on the wire, which is why a probe always reads the RSP_UD before ca
 
 What is different from libmbus (which tries ``0-9`` left to right in every position):
 
-* Positions are refined least significant identification digit first (digit 8, then 7, ...).
-  Meters installed together have consecutive serial numbers, i.e. shared *prefixes*: refining
-  the last digit first separates them in one step instead of walking the shared prefix.
+* Positions are refined least significant identification digit first (digit 8, then 7, ...;
+  :data:`POSITION_ORDER`). Meters installed together have consecutive serial numbers, i.e.
+  shared *prefixes*: refining the last digit first separates them in one step instead of
+  walking the shared prefix. A mask with two or more known meters under it is split without
+  being probed (it can only collide).
 * Manufacturer, version and medium nibbles are hex: ``0-E`` are tried (``0-7`` for the first
   manufacturer nibble, 15-bit code). ``F`` cannot be selected as a digit (it is the wildcard),
   so after the digits of a hex position have been tried the scan also refines the *other*
@@ -38,8 +40,11 @@ from logger.mbus.master import (
     secondary_of,
 )
 
-# Refinement order of the 16 mask positions (IIIIIIII MMMM VV DD).
-POSITION_ORDER = (7, 6, 5, 4, 3, 2, 1, 0, 15, 14, 13, 12, 11, 10, 9, 8)
+# Refinement order of the 16 mask positions (IIIIIIII MMMM VV DD): the low identification
+# digits first (consecutive serial numbers split there), then the version (meters that share
+# an identification number most often differ in it), the high identification digits, the
+# manufacturer and last the medium.
+POSITION_ORDER = (7, 6, 5, 4, 13, 12, 3, 2, 1, 0, 11, 10, 9, 8, 15, 14)
 _BCD = "0123456789"
 _HEX = "0123456789ABCDE"
 
@@ -97,21 +102,34 @@ NOTHING = 0
 SINGLE = 1
 COLLISION = 2
 
-_PROBE = 0
-_REFINE = 1
+# Work items of the scan's stack.
+_PROBE = 0  # select a mask (and read the single answer)
+_REFINE = 1  # split a colliding mask on its next free position
+_CHECK_F = 2  # after the digits of a hex position: is a meter with F there hiding?
+_TWIN = 3  # probe the known meter's address with F at the position (see _check_f)
+
+ALL_FIXED = 0xFFFF
 
 
 class SecondaryScan(Procedure):
     """Find every meter matching ``mask`` (default: all) by wildcard selects.
 
-    ``found`` maps each secondary address to its RSP_UD frame; ``duplicates`` lists masks where
-    meters still collided with every position fixed (identical secondary addresses);
-    ``probes`` records ``(mask, outcome)`` in order, for tests and diagnostics.
+    ``found`` maps each secondary address to its RSP_UD frame, or to None for a meter that
+    was *deduced* (it has ``F`` in a hex nibble and shares every other digit with one other
+    meter, so no select can address it alone; see :meth:`_check_f`). ``duplicates`` lists
+    masks where meters still collided with every position fixed (identical secondary
+    addresses); ``probes`` records ``(mask, outcome)`` in order, for tests and diagnostics.
+
+    Limit (physical, not of this algorithm): a meter with ``F`` in a hex nibble that shares all
+    other fifteen digits with two or more other meters cannot be told apart from them by any
+    select, since its collision is already explained by theirs.
     """
 
     __slots__ = (
         "_fixed",
+        "_kind",
         "_mask",
+        "_parent",
         "_stack",
         "_step",
         "_tries",
@@ -128,7 +146,7 @@ class SecondaryScan(Procedure):
         frames.secondary_mask_bytes(mask)  # validates
         mask = mask.upper()
         self.mask = mask
-        self.found: dict[str, frames.Frame] = {}
+        self.found: dict[str, frames.Frame | None] = {}
         self.duplicates: list[str] = []
         self.probes: list[tuple[str, int]] = []
         self.selects = 0
@@ -137,22 +155,38 @@ class SecondaryScan(Procedure):
         for i in range(16):
             if mask[i] != "F":
                 fixed |= 1 << i
-        self._stack = [(_PROBE, mask, fixed)]
+        self._stack: list[tuple[int, str, int, str]] = [(_PROBE, mask, fixed, "")]
         self._mask: str | None = None
+        self._kind = _PROBE
         self._fixed = 0
+        self._parent = ""
         self._step = 0
         self._tries = 0
+
+    def known(self, mask: str) -> list[str]:
+        """Meters found so far that ``mask`` selects."""
+        return [a for a in self.found if frames.mask_matches(mask, a)]
 
     def _next(self) -> Request | None:
         if self._mask is not None:
             return self._request()
         while self._stack:
-            kind, mask, fixed = self._stack.pop()
+            kind, mask, fixed, parent = self._stack.pop()
             if kind == _REFINE:
                 self._refine(mask, fixed)
                 continue
+            if kind == _CHECK_F:
+                self._check_f(mask, fixed, int(parent))
+                continue
+            if kind == _PROBE and len(self.known(mask)) >= 2:
+                # Two known meters answer this mask: a select can only collide. Split it.
+                self.probes.append((mask, COLLISION))
+                self._refine(mask, fixed)
+                continue
+            self._kind = kind
             self._mask = mask
             self._fixed = fixed
+            self._parent = parent
             self._step = 0
             self._tries = 0
             return self._request()
@@ -184,7 +218,7 @@ class SecondaryScan(Procedure):
             self._outcome(COLLISION, None)
 
     def _outcome(self, outcome: int, frame: "frames.Frame | None") -> None:
-        mask, fixed = str(self._mask), self._fixed
+        mask, fixed, kind = str(self._mask), self._fixed, self._kind
         self._mask = None
         self.probes.append((mask, outcome))
         if outcome == SINGLE and frame is not None:
@@ -193,7 +227,14 @@ class SecondaryScan(Procedure):
                 # Answers without a long header: name it by the mask it answered.
                 address = mask
             self.found[address] = frame
-        elif outcome == COLLISION:
+        if kind == _TWIN:
+            if outcome == COLLISION:
+                # The known meter and one with F there, identical elsewhere.
+                self.found.setdefault(mask, None)
+            else:
+                self._stack.append((_REFINE, self._parent, fixed, ""))
+            return
+        if outcome == COLLISION:
             self._refine(mask, fixed)
 
     def _refine(self, mask: str, fixed: int) -> None:
@@ -202,15 +243,42 @@ class SecondaryScan(Procedure):
             if not fixed & (1 << position):
                 break
         else:
-            self.duplicates.append(mask)
+            if not self.known(mask):
+                self.duplicates.append(mask)
             return
         digits, f_possible = position_digits(position)
         now_fixed = fixed | (1 << position)
         if f_possible:
-            # Popped last: meters with F at this position, once the digits are done.
-            self._stack.append((_REFINE, mask, now_fixed))
+            # Popped after the digits' subtrees are done.
+            self._stack.append((_CHECK_F, mask, fixed, str(position)))
         for digit in reversed(digits):
-            self._stack.append((_PROBE, _set(mask, position, digit), now_fixed))
+            self._stack.append((_PROBE, _set(mask, position, digit), now_fixed, ""))
+
+    def _check_f(self, mask: str, fixed: int, position: int) -> None:
+        """``mask`` collided and every digit 0-E at ``position`` has been tried.
+
+        With two or more known meters under ``mask`` the collision is explained: stop. With
+        none, every meter under it has F at ``position``: keep refining the other positions.
+        With exactly one, something else answered too and has F here: first try the known
+        meter's own address with F at ``position`` (one select finds a "twin" that differs only
+        there, which no select can address alone, so it is recorded as deduced); otherwise
+        refine the other positions.
+        """
+        known = self.known(mask)
+        now_fixed = fixed | (1 << position)
+        if len(known) >= 2:
+            return
+        if now_fixed == ALL_FIXED:
+            if known:
+                self.found.setdefault(mask, None)
+            else:
+                self.duplicates.append(mask)
+            return
+        if not known:
+            self._stack.append((_REFINE, mask, now_fixed, ""))
+            return
+        twin = _set(known[0], position, "F")
+        self._stack.append((_TWIN, twin, now_fixed, mask))
 
 
 __all__ = [
