@@ -48,6 +48,7 @@ def test_the_example_config_loads() -> None:
     assert kinds["heat-main"] is MeterKind.MBUS and kinds["pv-inverter"] is MeterKind.MODBUS_TCP
     assert config.meter("heat-flat-3").quirks.get("pause_after_nke") == 20.0
     assert config.meter("cold-water").secondary_address == "876543212C2D0107"
+    assert config.meter("heat-flat-3").secondary_address == "12345678FFFFFFFF"  # wildcards
     assert config.meter("main-supply").interval_s == 300
     assert config.meter("heat-main").interval_s == 900
     pv = config.meter("pv-inverter")

@@ -571,7 +571,7 @@ def _meter(
         enabled=True if enabled is None else enabled,
         bus=bus,
         primary_address=primary,
-        secondary_address=secondary.upper() if secondary else None,
+        secondary_address=_full_secondary(secondary) if secondary else None,
         unit_id=unit_id,
         host=host,
         port=port,
@@ -580,6 +580,12 @@ def _meter(
         timeout_s=timeout,
         quirks=quirks,
     )
+
+
+def _full_secondary(text: str) -> str:
+    """The 16 hex digits the master selects with (``IIIIIIIIMMMMVVDD``, libmbus's layout);
+    an identification number alone gets wildcards (``F``) for manufacturer, version, medium."""
+    return (text + "FFFFFFFF")[:16].upper()
 
 
 def _meter_id(value: object) -> str:
@@ -638,7 +644,7 @@ def _meters(
             key = (meter.bus, meter.unit_id)
         else:
             key = (f"{meter.host}:{meter.port}", meter.unit_id)
-        if key in addresses and meter.primary_address != 254:
+        if key in addresses:
             ck.fail((*path, i), f"same address as meter {addresses[key]!r}")
         addresses[key] = meter.id
     return tuple(out)
@@ -759,6 +765,8 @@ def _uplink(ck: _Checker, doc: Mapping[str, Any], base: Path) -> UplinkConfig | 
     uri = ck.get(table, path, "server_application_uri", _uri, required=True) or ""
     tcti = ck.get(table, path, "tcti", _tcti, "device:/dev/tpmrm0") or "device:/dev/tpmrm0"
     key = ck.get(table, path, "key", _nonempty, "tpm") or "tpm"
+    if key != "tpm" and not Path(key).is_absolute():
+        key = str(base / key)
     handle = ck.get(table, path, "key_handle", _int_in(0x81000000, 0x81FFFFFF), 0x81000001)
 
     def opt_path(name: str) -> Path | None:
