@@ -431,6 +431,67 @@ def install_certificate(
     return Installed(cert, thumbprint(cert), renewed, trust_established)
 
 
+def install_pkcs12(
+    state_dir: Path,
+    data: bytes,
+    p12_passphrase: bytes,
+    key_passphrase: bytes,
+    now: dt.datetime | None = None,
+) -> Installed:
+    """The legacy batch flow on the device: key and certificate from an encrypted PKCS#12.
+
+    The key is re-encrypted under the device's own passphrase (``key_passphrase``, the
+    secret the daemon gets as the credential ``mbus-device-key``) into ``device-key.pem``; the
+    identity comes from the certificate (serial, ApplicationUri, organization). Only into a
+    state directory that holds no identity yet.
+    """
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    try:
+        key, cert, extra = pkcs12.load_key_and_certificates(data, p12_passphrase)
+    except ValueError:
+        raise EnrolmentError(
+            "cannot open the PKCS#12 file: wrong passphrase or damaged file"
+        ) from None
+    if not isinstance(key, rsa.RSAPrivateKey) or cert is None:
+        raise EnrolmentError("the PKCS#12 file must hold an RSA key and its certificate")
+    if not profile.same_public_key(key.public_key(), cert.public_key()):
+        raise EnrolmentError("the PKCS#12 file's key does not match its certificate")
+    serial = profile.subject_attr(cert, x509.oid.NameOID.SERIAL_NUMBER)
+    uri = profile.application_uri(cert)
+    org = profile.subject_attr(cert, x509.oid.NameOID.ORGANIZATION_NAME) or ""
+    if not serial or not uri or profile.certificate_role(cert) != "logger":
+        raise EnrolmentError("the PKCS#12 certificate is not a logger certificate of this PKI")
+    if (state_dir / "identity.json").exists():
+        raise EnrolmentError(f"{state_dir} already holds a device identity")
+    if not key_passphrase:
+        raise KeyFileError(
+            "the device key file needs a passphrase (--secret-file or MBUS_DEVICE_KEY_PASSPHRASE)"
+        )
+    with undo_on_failure() as undo:
+        undo.file(state_dir)
+        state = DeviceState.create(state_dir)
+        for path in (
+            state.identity_path,
+            state.cert_path,
+            state.chain_path,
+            state.trust_dir,
+            state.crl_dir,
+            state.root / "device-key.pem",
+        ):
+            undo.file(path)
+        write_key_file(state.root / "device-key.pem", key, key_passphrase)
+        state.save_identity(Identity(serial, uri, KeyRef("file", path="device-key.pem"), org))
+        return install_certificate(
+            state.root,
+            cert,
+            list(extra),
+            None,
+            KeyOptions(use_file=True, file_passphrase=key_passphrase),
+            now,
+        )
+
+
 def _public_key_of(state: DeviceState, ref: KeyRef, options: KeyOptions) -> object:
     """The public half of a key reference, read from where the key lives."""
     if ref.type == "tpm":
@@ -453,5 +514,6 @@ __all__ = [
     "ProfileError",
     "ensure_private_dir",
     "install_certificate",
+    "install_pkcs12",
     "make_csr",
 ]

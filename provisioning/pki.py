@@ -79,6 +79,12 @@ class Pki:
         self.root = root
         self._passphrase = passphrase
         ensure_private_dir(root)
+        mode = stat.S_IMODE(root.stat().st_mode)
+        if mode & 0o077:
+            raise PkiError(
+                f"the PKI directory {root} is accessible by group or others "
+                f"(mode {mode:04o}); chmod 700 it - it holds the CA keys"
+            )
         self.registry = Registry(root / "registry.sqlite")
         os.chmod(root / "registry.sqlite", 0o600)
 
@@ -657,7 +663,3 @@ class Pki:
                 else:
                     path.unlink(missing_ok=True)
             raise
-
-
-def private_mode_ok(path: Path) -> bool:
-    return not stat.S_IMODE(path.stat().st_mode) & 0o077

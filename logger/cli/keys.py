@@ -210,25 +210,37 @@ def _cert_install(args: argparse.Namespace) -> int:
 
     from logger.tpm.errors import DeviceKeyError, StateDirError
     from logger.tpm.state import load_pem_certs
-    from provisioning.enroll import EnrolmentError, install_certificate
+    from provisioning.enroll import EnrolmentError, install_certificate, install_pkcs12
 
     _quiet_tss(args)
+    if bool(args.cert) == bool(args.p12):
+        raise CliError("give either CERT or --p12 FILE", USAGE)
     try:
-        certs = load_pem_certs(Path(args.cert), "certificate")
-        chain = load_pem_certs(Path(args.chain), "chain") if args.chain else None
-        crls = []
-        if args.crl:
-            data = Path(args.crl).read_bytes()
-            marker = b"-----BEGIN X509 CRL-----"
-            for part in data.split(marker)[1:]:
-                crls.append(x509.load_pem_x509_crl(marker + part))
-        installed = install_certificate(
-            Path(args.state_dir),
-            certs[0],
-            chain if chain is not None else certs[1:] or None,
-            crls,
-            _options(args),
-        )
+        if args.p12:
+            options = _options(args)
+            p12_pass = _p12_passphrase(args)
+            key_pass = (
+                options.file_passphrase or os.environ.get("MBUS_DEVICE_KEY_PASSPHRASE", "").encode()
+            )
+            installed = install_pkcs12(
+                Path(args.state_dir), Path(args.p12).read_bytes(), p12_pass, key_pass
+            )
+        else:
+            certs = load_pem_certs(Path(args.cert), "certificate")
+            chain = load_pem_certs(Path(args.chain), "chain") if args.chain else None
+            crls = []
+            if args.crl:
+                data = Path(args.crl).read_bytes()
+                marker = b"-----BEGIN X509 CRL-----"
+                for part in data.split(marker)[1:]:
+                    crls.append(x509.load_pem_x509_crl(marker + part))
+            installed = install_certificate(
+                Path(args.state_dir),
+                certs[0],
+                chain if chain is not None else certs[1:] or None,
+                crls,
+                _options(args),
+            )
     except (DeviceKeyError, StateDirError, EnrolmentError) as exc:
         raise _fail(exc) from None
     except (OSError, ValueError) as exc:
@@ -239,6 +251,24 @@ def _cert_install(args: argparse.Namespace) -> int:
         + (" - trust anchors taken from the chain" if installed.trust_established else "")
     )
     return OK
+
+
+def _p12_passphrase(args: argparse.Namespace) -> bytes:
+    from logger.tpm.filekey import read_secret_file
+
+    if args.p12_passphrase_file:
+        try:
+            return read_secret_file(Path(args.p12_passphrase_file), "PKCS#12 passphrase file")
+        except Exception as exc:
+            raise _fail(exc) from None
+    value = os.environ.get("MBUS_BATCH_PASSPHRASE")
+    if not value:
+        raise CliError(
+            "the PKCS#12 file needs its batch passphrase: --p12-passphrase-file "
+            "or MBUS_BATCH_PASSPHRASE",
+            USAGE,
+        )
+    return value.encode()
 
 
 def register(subparsers: Any) -> None:
@@ -282,7 +312,17 @@ def register(subparsers: Any) -> None:
 
     p = cert_sub.add_parser("install", help="install a signed certificate")
     p.add_argument("--state-dir", required=True)
-    p.add_argument("cert", metavar="CERT")
+    p.add_argument("cert", metavar="CERT", nargs="?")
+    p.add_argument(
+        "--p12",
+        metavar="FILE",
+        help="legacy batch: key and certificate from an encrypted PKCS#12 file",
+    )
+    p.add_argument(
+        "--p12-passphrase-file",
+        metavar="FILE",
+        help="the batch passphrase (else MBUS_BATCH_PASSPHRASE)",
+    )
     p.add_argument("--chain", metavar="FILE")
     p.add_argument("--crl", metavar="FILE")
     p.add_argument("--tpm", metavar="TCTI", help="default device:/dev/tpmrm0")

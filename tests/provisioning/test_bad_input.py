@@ -250,3 +250,11 @@ def test_revoked_org_cannot_issue(org_cli: Cli) -> None:
     assert org_cli.provision("org", "revoke", "acme").code == 0
     code, err = enrol(org_cli, "--file-key")
     assert code == 4 and "has been revoked" in err
+
+
+def test_pki_dir_open_to_others_is_refused(org_cli: Cli) -> None:
+    org_cli.pki.chmod(0o755)
+    r = org_cli.provision("registry", "list")
+    assert r.code == 4 and "chmod 700" in r.err
+    org_cli.pki.chmod(0o700)
+    assert org_cli.provision("registry", "list").code == 0

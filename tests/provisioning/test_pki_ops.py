@@ -9,11 +9,14 @@ import json
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from logger.tpm import open_device_key
+from provisioning import profile
 from provisioning.pki import Pki
 from provisioning.profile import certificate_role, thumbprint, utcnow
 from tests.provisioning.conftest import Cli
@@ -98,6 +101,10 @@ def test_client_issue_marks_the_operator_role(org_cli: Cli) -> None:
     assert openssl_verify(out / "client-cert.pem", out).returncode == 0
 
 
+def cert_of(state: Path) -> Any:
+    return x509.load_pem_x509_certificate((state / "device-cert.pem").read_bytes())
+
+
 def test_batch_issue_encrypted_pkcs12_and_manifest(org_cli: Cli) -> None:
     out = org_cli.base / "batch"
     r = org_cli.provision(
@@ -155,6 +162,25 @@ def test_batch_issue_encrypted_pkcs12_and_manifest(org_cli: Cli) -> None:
         next(iter(csv.DictReader(io.StringIO((out / "manifest.csv").read_text()))))["serial"]
         == "LEG-0001"
     )
+    # On a logger without a TPM: the PKCS#12 becomes the device's identity.
+    state = org_cli.base / "legacy-state"
+    r = org_cli.logger(
+        "cert", "install", "--state-dir", str(state), "--p12", str(out / "LEG-0002.p12")
+    )
+    assert r.code == 0, r.err
+    shown = org_cli.logger("cert", "show", "--state-dir", str(state), "--format", "json").json()
+    assert shown["application_uri"] == "urn:acme:logger:LEG-0002"
+    assert shown["thumbprint"] == manifest["devices"][1]["thumbprint"]
+    secret = state / "device-key.secret"
+    secret.write_bytes(b"device secret")
+    secret.chmod(0o600)
+    with open_device_key(state) as device_key:
+        assert device_key.kind == "file"
+        assert profile.same_public_key(device_key.public_key(), cert_of(state).public_key())
+    r = org_cli.logger(
+        "cert", "install", "--state-dir", str(state), "--p12", str(out / "LEG-0003.p12")
+    )
+    assert r.code == 4 and "already holds a device identity" in r.err
     # A second batch never reuses a serial and never writes into a non-empty directory.
     r = org_cli.provision("batch", "issue", "acme", "--count", "1", "--out", str(out))
     assert r.code == 4 and "not empty" in r.err
