@@ -627,6 +627,15 @@ def _extract(bundle: VerifiedBundle, dest: Path) -> None:
 # Releases and the trial state machine (standard library only from here on)
 
 
+def _optional_version(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"version {value!r} is not a string")
+    parse_version(value)
+    return value
+
+
 @dataclass
 class UpdateState:
     """``ROOT/update-state.json``: what the guard needs across restarts and reboots.
@@ -742,17 +751,21 @@ class Releases:
             raise UpdateError(f"update state {self.state_path} is unreadable: {exc}") from None
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise UpdateError(f"update state {self.state_path} has an unknown format")
-        return UpdateState(
-            state=str(doc.get("state", "installed")),
-            trial=doc.get("trial"),
-            previous=doc.get("previous"),
-            attempts=int(doc.get("attempts", 0)),
-            max_attempts=int(doc.get("max_attempts", DEFAULT_MAX_ATTEMPTS)),
-            floor=doc.get("floor"),
-            failed=[str(v) for v in doc.get("failed", [])],
-            updated=str(doc.get("updated", "")),
-            history=list(doc.get("history", [])),
-        )
+        try:
+            state = UpdateState(
+                state=str(doc.get("state", "installed")),
+                trial=_optional_version(doc.get("trial")),
+                previous=_optional_version(doc.get("previous")),
+                attempts=int(doc.get("attempts", 0)),
+                max_attempts=int(doc.get("max_attempts", DEFAULT_MAX_ATTEMPTS)),
+                floor=_optional_version(doc.get("floor")),
+                failed=[str(v) for v in doc.get("failed", [])],
+                updated=str(doc.get("updated", "")),
+                history=list(doc.get("history", [])),
+            )
+        except (TypeError, ValueError) as exc:
+            raise UpdateError(f"update state {self.state_path} is damaged: {exc}") from None
+        return state
 
     def floor(self, state: UpdateState | None = None) -> str | None:
         """The version a bundle must be newer than: max of the state's floor and ``current``."""
@@ -826,18 +839,27 @@ class Releases:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
             running = self.current
+            # The rollback target is the last release that came up: while one is still on
+            # trial (not confirmed), that is the trial's own rollback target, not the trial.
+            fallback = running
+            if (
+                state.state == "trial"
+                and state.previous is not None
+                and (self.releases / state.previous).is_dir()
+            ):
+                fallback = state.previous
             state.state = "trial"
             state.trial = version
-            state.previous = running
+            state.previous = fallback
             state.attempts = 0
             state.max_attempts = max_attempts
             state.floor = version
             state.log("applied", version)
             self.save_state(state)
-            if running is not None:
-                self._point("previous", running)
+            if fallback is not None:
+                self._point("previous", fallback)
             self._point("current", version)
-            self._prune(keep={version, running})
+            self._prune(keep={version, fallback})
             return state
 
     def _prune(self, keep: set[str | None]) -> None:

@@ -452,3 +452,29 @@ def test_manual_rollback_and_interrupted_flip(device, maker, tmp_path, capsys):
     assert Releases(root).current == "1.0.0"
     assert "rolled back from 1.1.0 to 1.0.0" in capsys.readouterr().out
     assert cli("update", "rollback", "--root", str(root), "--no-restart") == 2
+
+
+def test_update_over_an_unconfirmed_trial_keeps_the_last_good_release(device, maker, tmp_path):
+    root = device["root"]
+    systemd = FakeSystemd(root, tmp_path / "run.log")
+    broken = make_release_tree(tmp_path, "2.0.0", exit_code=1)
+    assert apply(device, maker.sign(broken, tmp_path / "b2.tar", "2.0.0")) == 0
+    assert systemd.start() is False  # 2.0.0 is still on trial, never came up
+    also_broken = make_release_tree(tmp_path, "2.1.0", exit_code=1)
+    assert apply(device, maker.sign(also_broken, tmp_path / "b3.tar", "2.1.0")) == 0
+    assert Releases(root).previous == "1.0.0"  # not the unconfirmed 2.0.0
+    for _ in range(4):
+        systemd.start()
+    assert Releases(root).current == "1.0.0"
+
+
+def test_damaged_state_does_not_stop_the_service(device, tmp_path):
+    """The guard reports a damaged state and lets the service start (exit 0)."""
+    state = device["root"] / "update-state.json"
+    state.write_text('{"format": 1, "attempts": "many"}')
+    proc = subprocess.run(
+        ["/usr/bin/python3", "-I", "-S", str(GUARD), "boot", "--root", str(device["root"])],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0 and "damaged" in proc.stderr
