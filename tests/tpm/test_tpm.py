@@ -199,3 +199,27 @@ def test_handle_and_pcr_parsing() -> None:
     for bad in ("sha256", "md5:1", "sha256:24", "sha256:a"):
         with pytest.raises(ValueError):
             PcrSelection.parse(bad)
+
+
+def test_key_operations_off_the_event_loop(tmp_path: Path, tcti: str) -> None:
+    """DeviceKey.run moves the blocking TPM call to a worker thread."""
+    import asyncio
+
+    with Tpm(tcti) as tpm:
+        tpm.create_key(HANDLE)
+    state_dir = state_for(tmp_path, KeyRef("tpm", handle=HANDLE))
+
+    async def main() -> tuple[bytes, int]:
+        loop_thread = threading.get_ident()
+        seen: list[int] = []
+        with open_device_key(state_dir, tcti) as key:
+
+            def sign() -> bytes:
+                seen.append(threading.get_ident())
+                return key.private_key.sign(b"x", padding.PKCS1v15(), hashes.SHA256())
+
+            sig = await key.run(sign)
+        return sig, int(seen[0] != loop_thread)
+
+    sig, off_loop = asyncio.run(main())
+    assert off_loop == 1 and len(sig) == 256
