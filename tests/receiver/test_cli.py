@@ -272,7 +272,7 @@ def test_console_script_streams_an_export_into_a_closed_pipe(tmp_path: Path) -> 
 
 @pytest.mark.postgres
 def test_commands_on_postgres(postgres: PostgresServer, capsys: pytest.CaptureFixture[str]) -> None:
-    url = run(postgres.create_database("cli"))
+    url = run(postgres.create_schema("cli"))
     seed(url)
     assert main(["export", "--db", url, "--format", "jsonl", "--device", DEV]) == 0
     values = [json.loads(line)["value"] for line in capsys.readouterr().out.splitlines()]

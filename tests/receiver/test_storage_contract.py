@@ -644,7 +644,7 @@ def test_postgres_keeps_a_numeric_beside_the_exact_text(postgres: PostgresServer
     async def scenario() -> None:
         import asyncpg
 
-        url = await postgres.create_database("numeric")
+        url = await postgres.create_schema("numeric")
         storage = await open_storage(url)
         try:
             columns = batch(0, 3)

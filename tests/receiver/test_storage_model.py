@@ -105,7 +105,7 @@ def test_storage_matches_the_exactly_once_model(
         server: PostgresServer = request.getfixturevalue("postgres")
 
         def new_url(loop: asyncio.AbstractEventLoop) -> str:
-            return loop.run_until_complete(server.create_database("model"))
+            return loop.run_until_complete(server.create_schema("model"))
 
         examples = 15
     else:

@@ -8,7 +8,8 @@ handed to that user. The unix socket lives inside the directory, so nothing outs
 touched; clients connect over TCP on 127.0.0.1 with trust authentication.
 
 Use the session-scoped pytest fixture :func:`postgres` (import it into a ``conftest.py``) and
-:meth:`PostgresServer.create_database` for a fresh database per test.
+:meth:`PostgresServer.create_schema` (or ``create_database``) for fresh, empty storage per
+test.
 """
 
 from __future__ import annotations
@@ -41,6 +42,22 @@ class PostgresServer:
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
+
+    async def create_schema(self, prefix: str = "test") -> str:
+        """A new empty schema in the default database; returns a URL that selects it.
+
+        Much cheaper than a database (no copy of the template, no checkpoint): one per test.
+        asyncpg passes the URL's ``search_path`` parameter to the server as a setting.
+        """
+        import asyncpg
+
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        conn = await asyncpg.connect(self.url())
+        try:
+            await conn.execute(f'CREATE SCHEMA "{name}"')
+        finally:
+            await conn.close()
+        return f"{self.url()}?search_path={name}"
 
     async def create_database(self, prefix: str = "test") -> str:
         """A new empty database; returns its URL."""

@@ -97,4 +97,4 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
         yield f"sqlite://{tmp_path / 'receiver.db'}"
         return
     server = request.getfixturevalue("postgres")
-    yield run(server.create_database("storage"))
+    yield run(server.create_schema("storage"))
