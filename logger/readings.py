@@ -137,10 +137,25 @@ def utc_now() -> datetime:
 _DATE_QUANTITIES = ("time point", "time_point", "date", "datetime", "date and time")
 
 
+FLAG_NO_VALUE = "no_value"
+"""The record carries no usable value (e.g. an invalid date): kept as empty text with the
+decoder's flags, so the information that the meter sent it is not lost."""
+
+_DATE_TYPES = ("date", "datetime", "time", "date_time")
+_NUMBER_TYPES = ("int", "bcd", "real", "number", "float")
+
+
 def _record_kind(record: Mapping[str, Any]) -> ValueKind:
     declared = record.get("kind") or record.get("value_kind")
     if declared in ("number", "text", "date"):
         return ValueKind(declared)
+    if record.get("value") is None:
+        return ValueKind.TEXT
+    rtype = str(record.get("type", "")).lower()
+    if rtype in _DATE_TYPES:
+        return ValueKind.DATE
+    if rtype and rtype not in _NUMBER_TYPES:
+        return ValueKind.TEXT
     if "mantissa" in record and isinstance(record.get("mantissa"), int):
         return ValueKind.NUMBER
     quantity = str(record.get("quantity", "")).lower()
@@ -157,9 +172,7 @@ def _record_kind(record: Mapping[str, Any]) -> ValueKind:
 def _exact_value(record: Mapping[str, Any], kind: ValueKind, where: str) -> str:
     if kind is not ValueKind.NUMBER:
         value = record.get("value")
-        if value is None:
-            raise ReadingError(f"{where}: record has no value")
-        return str(value)
+        return "" if value is None else str(value)
     mantissa = record.get("mantissa")
     exponent = record.get("exponent")
     if isinstance(mantissa, int) and isinstance(exponent, int):
@@ -212,13 +225,20 @@ def readings_from_mbus(
     as a failed poll instead of storing a rounded value.
     """
     records = list(decoded.get("records", []) if isinstance(decoded, Mapping) else decoded)
+    kinds = [_record_kind(record) for record in records]
+    # The meter's clock: its current date-time record (storage 0); a date alone if that is
+    # all it sends.
+    candidates = [
+        r
+        for r, k in zip(records, kinds, strict=True)
+        if k is ValueKind.DATE and int(r.get("storage", 0)) == 0
+    ]
+    candidates.sort(key=lambda r: "T" not in str(r.get("value", "")))
     meter_time: datetime | None = None
-    kinds: list[ValueKind] = []
-    for record in records:
-        kind = _record_kind(record)
-        kinds.append(kind)
-        if meter_time is None and kind is ValueKind.DATE and int(record.get("storage", 0)) == 0:
-            meter_time = parse_meter_time(record.get("value"))
+    for record in candidates:
+        meter_time = parse_meter_time(record.get("value"))
+        if meter_time is not None:
+            break
     base_flags = frozenset() if clock_synced else frozenset({FLAG_CLOCK_UNSYNCED})
     out: list[Reading] = []
     for index, (record, kind) in enumerate(zip(records, kinds, strict=True)):
@@ -229,6 +249,8 @@ def readings_from_mbus(
             flags = frozenset(str(k) for k, v in raw_flags.items() if v)
         else:
             flags = frozenset(str(f) for f in raw_flags)
+        if record.get("value") is None:
+            flags |= {FLAG_NO_VALUE}
         out.append(
             Reading(
                 meter_id=meter_id,

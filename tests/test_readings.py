@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from logger.readings import (
     FLAG_CLOCK_UNSYNCED,
+    FLAG_NO_VALUE,
     Reading,
     ReadingError,
     ValueKind,
@@ -184,3 +186,47 @@ def test_mbus_float_value_is_refused() -> None:
     bad = [{"key": "x", "quantity": "Energy", "unit": "Wh", "value": 12.56, "kind": "number"}]
     with pytest.raises(ReadingError, match="binary float"):
         readings_from_mbus("heat-1", bad, NOW)
+
+
+CORPUS = Path("/work/shared/corpus/mbus/libmbus/test-frames")
+
+
+def _frame(name: str) -> bytes:
+    text = (CORPUS / name).read_text()
+    return bytes.fromhex("".join(text.split()))
+
+
+@pytest.mark.skipif(not CORPUS.exists(), reason="the shared M-Bus corpus is not here")
+def test_real_telegrams_through_the_decoder() -> None:
+    from logger.mbus import decode
+
+    readings = readings_from_mbus("water-1", decode(_frame("ACW_Itron-BM-plus-m.hex")), NOW)
+    by_key = {r.key: r for r in readings}
+    volume = by_key["0413"]
+    assert (volume.value, volume.unit, volume.kind) == ("54.321", "m^3", ValueKind.NUMBER)
+    assert volume.mantissa_exponent() == (54321, -3)
+    assert volume.meter_time == datetime(2014, 3, 13, 11, 11)
+    invalid = by_key["426C"]  # a due date the meter left unset
+    assert (invalid.kind, invalid.value) == (ValueKind.TEXT, "")
+    assert {"invalid date", FLAG_NO_VALUE} <= invalid.flags
+    assert by_key["0C78"].value == "11490378"
+
+
+@pytest.mark.skipif(not CORPUS.exists(), reason="the shared M-Bus corpus is not here")
+def test_every_corpus_telegram_converts() -> None:
+    from logger.mbus import MBusError, decode
+
+    converted = 0
+    for path in sorted(CORPUS.glob("*.hex")):
+        try:
+            decoded = decode(_frame(path.name))
+        except MBusError:
+            continue
+        readings = readings_from_mbus("m", decoded, NOW)
+        for record, reading in zip(decoded["records"], readings, strict=True):
+            if record.get("mantissa") is not None:
+                exact = Decimal(record["mantissa"]).scaleb(record["exponent"])
+                assert reading.kind is ValueKind.NUMBER and reading.decimal() == exact
+                assert canonical_decimal(reading.value) == reading.value
+            converted += 1
+    assert converted > 300
