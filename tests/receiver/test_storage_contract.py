@@ -674,3 +674,36 @@ def test_cloud_sections_are_the_ones_the_logger_accepts() -> None:
     from receiver.storage._rows import CLOUD_SECTIONS
 
     assert tuple(CLOUD_SECTIONS) == tuple(CLOUD_FIELDS)
+
+
+def test_a_new_schema_version_migrates_once_and_keeps_the_data(
+    storage_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A later release appends a migration: opening an old database applies it exactly once,
+    # in a transaction, and the readings stay.
+    from receiver.storage import postgres as pg_backend
+    from receiver.storage import sqlite as sqlite_backend
+
+    backend = pg_backend if storage_url.startswith("postgresql://") else sqlite_backend
+    step = (2, "ALTER TABLE devices ADD COLUMN note TEXT; UPDATE devices SET note = 'migrated'")
+
+    async def scenario() -> None:
+        storage = await open_storage(storage_url)
+        await storage.push(DEV, THUMB, "e1", batch(0, 10))
+        await storage.close()
+        monkeypatch.setattr(backend, "MIGRATIONS", (*backend.MIGRATIONS, step))
+        monkeypatch.setattr(backend, "SCHEMA_VERSION", 2)
+        for _ in range(2):
+            storage = await open_storage(storage_url)
+            try:
+                assert await storage.acknowledged(DEV, "e1") == 9
+            finally:
+                await storage.close()
+        # The step ran once (a second run would fail: the column exists).
+        await execute_raw(storage_url, "UPDATE devices SET note = note || '!'")
+        monkeypatch.setattr(backend, "SCHEMA_VERSION", 1)
+        monkeypatch.setattr(backend, "MIGRATIONS", backend.MIGRATIONS[:1])
+        with pytest.raises(StorageConfigError, match="schema version 2, newer"):
+            await open_storage(storage_url)
+
+    run(scenario())
