@@ -218,11 +218,13 @@ def readings_from_mbus(
 
     Each record supplies ``key``, ``quantity``, ``unit``, ``value`` (exact decimal string),
     ``mantissa``/``exponent``, ``flags``, ``storage``, ``tariff``, ``subunit`` and
-    ``function``. The first date-time record of storage 0 is the meter's current time and
-    becomes every reading's ``meter_time``; date records are also kept as readings of kind
-    ``date`` (due dates of storage > 0 are billing data). A record whose value cannot be kept
-    exactly raises :class:`ReadingError` naming the meter and the record: the caller counts it
-    as a failed poll instead of storing a rounded value.
+    ``function``; the telegram's status flags (``header.status_flags``) become
+    ``status:<flag>`` on every reading. The date-time record of storage 0 is the meter's
+    current time and becomes every reading's ``meter_time``; date records are also kept as
+    readings of kind ``date`` (due dates of storage > 0 are billing data). A record without a
+    value (an invalid date) is kept as empty text flagged ``no_value``. A record whose value
+    cannot be kept exactly raises :class:`ReadingError` naming the meter and the record: the
+    caller counts it as a failed poll instead of storing a rounded value.
     """
     records = list(decoded.get("records", []) if isinstance(decoded, Mapping) else decoded)
     kinds = [_record_kind(record) for record in records]
@@ -240,6 +242,10 @@ def readings_from_mbus(
         if meter_time is not None:
             break
     base_flags = frozenset() if clock_synced else frozenset({FLAG_CLOCK_UNSYNCED})
+    if isinstance(decoded, Mapping):
+        # The telegram's status byte (power low, permanent error, …) concerns every value.
+        header = decoded.get("header") or {}
+        base_flags |= {f"status:{f}" for f in header.get("status_flags") or ()}
     out: list[Reading] = []
     for index, (record, kind) in enumerate(zip(records, kinds, strict=True)):
         key = str(record.get("key") or f"record{index}")

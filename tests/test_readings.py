@@ -66,6 +66,7 @@ def test_reading_refuses_inexact_or_incomplete_values() -> None:
 
 
 DECODED = {
+    "header": {"id": "12345678", "status": 4, "status_flags": ["power low"]},
     "records": [
         {
             "key": "0C06",
@@ -139,7 +140,7 @@ DECODED = {
             "subunit": 1,
             "function": "maximum",
         },
-    ]
+    ],
 }
 
 
@@ -162,7 +163,7 @@ def test_mbus_records_become_readings() -> None:
     assert readings[3].value == "2025-12-31"
     assert readings[5].value == "-0.012"
     assert (readings[5].tariff, readings[5].subunit, readings[5].function) == (2, 1, "maximum")
-    assert readings[5].flags == {"negative", FLAG_CLOCK_UNSYNCED}
+    assert readings[5].flags == {"negative", FLAG_CLOCK_UNSYNCED, "status:power low"}
 
 
 def test_mbus_value_disagreeing_with_its_mantissa_is_refused() -> None:
