@@ -287,6 +287,15 @@ def test_install_run_update_and_purge(deb, tmp_path):
         # reinstalling the (older) package keeps the newer bundle running
         _sh("dpkg", "-i", str(deb))
         assert Releases(PREFIX).current == newer
+        # remove: the software goes (the bundle's release too), configuration and state stay
+        (Path("/var/lib/mbus-logger") / "buffer.db").write_bytes(b"readings")
+        _sh("dpkg", "--remove", "mbus-ua-logger")
+        assert not os.path.lexists("/usr/bin/mbus-logger")
+        assert not os.path.lexists(PREFIX / "current")
+        assert not (PREFIX / "releases").exists()
+        assert Path("/etc/mbus-logger/trust/update-signing.pub").exists()
+        assert (Path("/var/lib/mbus-logger") / "buffer.db").read_bytes() == b"readings"
+        assert (PREFIX / "update-state.json").exists()  # the anti-rollback floor survives
     finally:
         purge = _sh("dpkg", "--purge", "mbus-ua-logger", check=False)
     assert purge.returncode == 0, purge.stderr
