@@ -36,11 +36,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from logger.tpm.device import DeviceKey, open_key_ref
-from logger.tpm.errors import DeviceKeyError, KeyFileError
+from logger.tpm.errors import KeyFileError
 from logger.tpm.filekey import write_key_file
-from logger.tpm.state import DeviceState, Identity, KeyRef, ensure_private_dir
+from logger.tpm.state import DeviceState, Identity, KeyRef
 from provisioning import profile
-from provisioning.profile import ProfileError, thumbprint
+from provisioning.profile import thumbprint
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -167,38 +167,9 @@ def _create_key(
 
 
 def _open(state: DeviceState, ref: KeyRef, options: KeyOptions) -> DeviceKey:
-    secret_file = None
-    if ref.type == "file" and options.file_passphrase:
-        return DeviceKey(
-            _load_file_key(state, ref, options.file_passphrase),
-            ref,
-            f"encrypted file {state.key_file_path(ref)}",
-        )
-    if ref.type == "tpm" and options.auth:
-        from logger.tpm.tpm import PcrSelection, Tpm
-
-        tpm = Tpm(options.tcti)
-        try:
-            assert ref.handle is not None
-            key = tpm.open_key(
-                ref.handle, options.auth, PcrSelection.parse(ref.pcrs) if ref.pcrs else None
-            )
-        except BaseException:
-            tpm.close()
-            raise
-
-        def _close() -> None:
-            key.close()
-            tpm.close()
-
-        return DeviceKey(key, ref, ref.describe(), _close)
-    return open_key_ref(state, ref, options.tcti, secret_file)
-
-
-def _load_file_key(state: DeviceState, ref: KeyRef, passphrase: bytes) -> rsa.RSAPrivateKey:
-    from logger.tpm.filekey import CountingRsaKey, load_key_file
-
-    return CountingRsaKey(load_key_file(state.key_file_path(ref), passphrase, "device key file"))
+    """Open ``ref`` with the secret the station holds (passphrase or auth value), if any."""
+    secret = options.file_passphrase if ref.type == "file" else options.auth
+    return open_key_ref(state, ref, options.tcti, secret=secret or None)
 
 
 def make_csr(
@@ -220,10 +191,10 @@ def make_csr(
     """
     state = DeviceState.create(state_dir)
     with undo_on_failure() as undo:
-        return _make_csr(state, options, undo, serial, application_uri, org, dns_names, new_key)
+        return csr_with_undo(state, options, undo, serial, application_uri, org, dns_names, new_key)
 
 
-def _make_csr(
+def csr_with_undo(
     state: DeviceState,
     options: KeyOptions,
     undo: Undo,
@@ -507,13 +478,12 @@ def _public_key_of(state: DeviceState, ref: KeyRef, options: KeyOptions) -> obje
 
 __all__ = [
     "DEFAULT_HANDLE",
-    "DeviceKeyError",
     "EnrolmentError",
     "Installed",
     "KeyOptions",
-    "ProfileError",
-    "ensure_private_dir",
     "install_certificate",
     "install_pkcs12",
+    "csr_with_undo",
     "make_csr",
+    "verify_chain",
 ]

@@ -19,7 +19,7 @@ from provisioning.enroll import (
     EnrolmentError,
     Installed,
     KeyOptions,
-    _make_csr,
+    csr_with_undo,
     install_certificate,
     undo_on_failure,
 )
@@ -65,7 +65,7 @@ def enroll_device(
             state.crl_dir,
         ):
             undo.file(path)
-        csr = _make_csr(state, options, undo, serial, application_uri, org, dns_names)
+        csr = csr_with_undo(state, options, undo, serial, application_uri, org, dns_names)
         with pki.registry.transaction():
             cert = pki.sign_device_csr(
                 org,
@@ -113,7 +113,7 @@ def renew_device(
     with undo_on_failure() as undo:
         undo.restore(state.cert_path)
         undo.restore(state.chain_path)
-        csr = _make_csr(state, options, undo, new_key=True, dns_names=_dns_of_current(state))
+        csr = csr_with_undo(state, options, undo, new_key=True, dns_names=_dns_of_current(state))
         with pki.registry.transaction():
             cert = pki.sign_device_csr(
                 device["org"],

@@ -65,10 +65,19 @@ class DeviceKey:
 
 
 def open_key_ref(
-    state: DeviceState, ref: KeyRef, tcti: str | None = None, secret_file: Path | None = None
+    state: DeviceState,
+    ref: KeyRef,
+    tcti: str | None = None,
+    secret_file: Path | None = None,
+    secret: bytes | None = None,
 ) -> DeviceKey:
-    """Open the key that ``ref`` points to (the current, pending or previous one)."""
-    secret = find_secret(state.root, secret_file)
+    """Open the key that ``ref`` points to (the current, pending or previous one).
+
+    ``secret`` (bytes in hand, e.g. at the factory station) takes precedence over
+    ``secret_file``, the systemd credential and the state dir's secret file.
+    """
+    if secret is None:
+        secret = find_secret(state.root, secret_file)
     if ref.type == "file":
         path = state.key_file_path(ref)
         if secret is None:
