@@ -11,6 +11,7 @@ so deletions are killed mid-way too.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -65,8 +66,13 @@ while True:
 
 
 def _spawn(code: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
 
 
 def test_sigkill_never_loses_or_duplicates_a_reported_commit(tmp_path: Path) -> None:
@@ -120,7 +126,7 @@ def test_sigkill_never_loses_or_duplicates_a_reported_commit(tmp_path: Path) -> 
         assert seqs == sorted(set(seqs))
         # Sequence ranges of successive reported ticks are strictly increasing and disjoint.
         ranges = [reported[t][1:] for t in sorted(reported)]
-        assert all(a[1] < b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+        assert all(a[1] < b[0] for a, b in itertools.pairwise(ranges))
         acked_up_to = acked.get(epoch, 0)
         for tick, (_, first, last) in reported.items():
             for i, seq in enumerate(range(first, last + 1)):
