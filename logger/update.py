@@ -524,15 +524,16 @@ def verify_bundle(
 
     arch = architecture or device_architecture()
     with _open_tar(path) as tf:
+        by_name: dict[str, tarfile.TarInfo] = {}
         try:
-            members = tf.getmembers()
+            for m in tf:  # headers only; bounded before anything is trusted
+                if len(by_name) > MAX_ENTRIES + 2:
+                    raise BundleRefused("malformed", f"{path}: more than {MAX_ENTRIES} members")
+                if m.name in by_name:
+                    raise BundleRefused("tampered", f"{path}: member {m.name!r} appears twice")
+                by_name[m.name] = m
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise BundleRefused("malformed", f"{path}: damaged tar: {exc}") from None
-        by_name: dict[str, tarfile.TarInfo] = {}
-        for m in members:
-            if m.name in by_name:
-                raise BundleRefused("tampered", f"{path}: member {m.name!r} appears twice")
-            by_name[m.name] = m
         if MANIFEST not in by_name:
             raise BundleRefused("malformed", f"{path}: no {MANIFEST}; not an update bundle")
         if SIGNATURE not in by_name:

@@ -478,3 +478,19 @@ def test_damaged_state_does_not_stop_the_service(device, tmp_path):
         text=True,
     )
     assert proc.returncode == 0 and "damaged" in proc.stderr
+
+
+def test_gzip_bundle_is_accepted_and_truncated_one_refused(device, maker, tmp_path, capsys):
+    import gzip
+
+    tree = make_release_tree(tmp_path, "1.1.0")
+    bundle = maker.sign(tree, tmp_path / "b.tar", "1.1.0")
+    truncated = tmp_path / "short.tar"
+    truncated.write_bytes(bundle.read_bytes()[: bundle.stat().st_size // 2])
+    assert apply(device, truncated) == 4
+    assert "refused (" in capsys.readouterr().err
+    _assert_nothing_installed(device)
+    packed = tmp_path / "b.tar.gz"
+    packed.write_bytes(gzip.compress(bundle.read_bytes()))
+    assert apply(device, packed) == 0
+    assert Releases(device["root"]).current == "1.1.0"
