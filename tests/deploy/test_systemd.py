@@ -117,6 +117,7 @@ def _exec_start(unit: Path) -> list[str]:
     value = _settings(unit)["ExecStart"][0]
     value = value.replace("%d", "/run/credentials/unit").replace("$REMIND_ARGS", "")
     value = value.replace("${RECEIVER_LISTEN}", "opc.tcp://127.0.0.1:4840")
+    value = value.replace("${MBUS_RECEIVER_DB}", "sqlite:///var/lib/mbus-receiver/receiver.db")
     return shlex.split(value)
 
 
