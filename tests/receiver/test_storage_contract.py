@@ -647,8 +647,9 @@ def test_postgres_keeps_a_numeric_beside_the_exact_text(postgres: PostgresServer
         url = await postgres.create_schema("numeric")
         storage = await open_storage(url)
         try:
-            columns = batch(0, 3)
-            columns["Value"] = ["12.340", "text", "1e99999"]
+            columns = batch(0, 6)
+            big = "9" * 1000 + "e9999"  # the largest the contract lets through
+            columns["Value"] = ["12.340", "text", "1e99999", "-2.5E-3", big, "-1e-9999"]
             await storage.push(DEV, THUMB, "e1", columns)
         finally:
             await storage.close()
@@ -657,13 +658,20 @@ def test_postgres_keeps_a_numeric_beside_the_exact_text(postgres: PostgresServer
             rows = await conn.fetch(
                 "SELECT value, value_num::text, value_double FROM readings ORDER BY seq"
             )
+            big_num = await conn.fetchval(
+                "SELECT value_num = ('1e10999'::numeric - '1e9999'::numeric) FROM readings "
+                "WHERE seq = 4"
+            )
         finally:
             await conn.close()
-        assert [tuple(r) for r in rows] == [
+        assert [tuple(r) for r in rows[:4]] == [
             ("12.340", "12.340", 12.34),
             ("text", None, None),
-            ("1e99999", None, None),
+            ("1e99999", None, None),  # exponent beyond the contract's pattern: text only
+            ("-2.5E-3", "-0.0025", -0.0025),
         ]
+        assert rows[4][2] is None and big_num is True  # exact, though no float can hold it
+        assert rows[5][1] == "-0." + "0" * 9998 + "1" and rows[5][2] == -0.0
 
     run(scenario())
 
