@@ -262,7 +262,7 @@ def _install(src: Path, dest: Path, mode: int) -> None:
     dest.chmod(mode)
 
 
-def stage_files(root: Path, version: str) -> None:
+def stage_files(root: Path) -> None:
     deploy = REPO / "deploy"
     _install(DEBIAN_SRC / "mbus-logger.sh", root / "usr/bin/mbus-logger", 0o755)
     _install(REPO / "logger" / "update.py", root / "usr/lib/mbus-ua-logger/update-guard", 0o644)
@@ -357,7 +357,7 @@ def build(
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir()
     release = stage_release(root, venv, wheel, version, arch)
-    stage_files(root, version)
+    stage_files(root)
     depends = shlib_depends(release)
     control_files(root, version, arch, depends)
     for path in root.rglob("*"):
