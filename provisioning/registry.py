@@ -96,7 +96,7 @@ CREATE TABLE IF NOT EXISTS crls (
 );
 """
 
-DEVICE_STATES = ("manufactured", "installed", "revoked", "superseded", "expired")
+DEVICE_STATES = ("registered", "manufactured", "installed", "revoked", "superseded", "expired")
 
 
 class RegistryError(Exception):
@@ -415,7 +415,7 @@ class Registry:
         sql += " ORDER BY d.serial, c.issued_at, c.rowid"
         out = []
         for r in self._db.execute(sql, args):
-            state = r["state"]
+            state = r["state"] or "registered"  # bound serial, no certificate yet
             if (
                 state in ("manufactured", "installed")
                 and r["not_after"]

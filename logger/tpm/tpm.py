@@ -183,8 +183,14 @@ def _translate(exc: TSS2_Exception, what: str, handle: int | None = None) -> Dev
             "from the one the key was bound to"
         )
     if error in (TPM2_RC.AUTH_FAIL, TPM2_RC.BAD_AUTH):
+        if handle is None or what.startswith(("creating", "evicting")):
+            # Creating and persisting objects are authorised by the owner hierarchy.
+            return TpmAuthRequired(
+                f"{what}: the TPM refused the owner authorization (an owner hierarchy "
+                "password is set; this product expects it empty)"
+            )
         return TpmAuthRequired(
-            f"{what}: key at handle 0x{handle or 0:08x} needs auth "
+            f"{what}: key at handle 0x{handle:08x} needs auth "
             "(authorization value missing or wrong)"
         )
     if error == TPM2_RC.LOCKOUT:

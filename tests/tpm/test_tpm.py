@@ -223,3 +223,9 @@ def test_key_operations_off_the_event_loop(tmp_path: Path, tcti: str) -> None:
 
     sig, off_loop = asyncio.run(main())
     assert off_loop == 1 and len(sig) == 256
+
+
+def test_owner_password_is_reported_as_such(tcti: str) -> None:
+    tools(tcti, "tpm2_changeauth", "-c", "owner", "ownerpass")
+    with Tpm(tcti) as tpm, pytest.raises(TpmAuthRequired, match="owner authorization"):
+        tpm.create_key(HANDLE)
