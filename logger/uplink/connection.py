@@ -206,7 +206,7 @@ async def connect(
         if exc.code != "crl_stale":
             raise TrustStale(f"the logger's trust store is unusable: {exc}") from exc
         recovery = True
-        _LOGGER.warning("%s; connecting only to fetch fresh CRLs, no data is sent", exc)
+        _LOGGER.debug("%s; connecting only to fetch fresh CRLs, no data is sent", exc)
     endpoints = await _compat.get_endpoints(settings.endpoint, settings.request_timeout_s)
     candidates = _compat.choose_endpoints(endpoints)
     chosen = candidates[0]
@@ -290,6 +290,7 @@ class Uplink:
         self.connections = 0
         self.key_operations_per_connection: list[int] = []
         self.last_trust_update: TrustUpdate | None = None
+        self.thread_ident: int | None = None
 
     # -- observation ----------------------------------------------------------------------
     @property
@@ -309,16 +310,17 @@ class Uplink:
         }
 
     def _set_state(self, state: str, error: UplinkError | None = None) -> None:
-        """Log once per change of state (or of the kind of error), never per retry."""
-        key_old = (self.state, self.last_error.kind if self.last_error else None)
-        key_new = (state, error.kind if error else None)
+        """Log once per change of condition (connected, a kind of error, stopped), never per
+        retry: while an error persists, "connecting" again is not news."""
+        key_old = self.last_error.kind if self.last_error else self.state
+        key_new = error.kind if error else state
         self.state = state
         self.last_error = error
         if key_old == key_new:
             return
         if error is not None:
-            hint = "" if error.permanent else " (will retry)"
-            _LOGGER.error("uplink %s: %s%s", state, error, hint)
+            hint = " (will retry)" if not error.permanent else " (retrying slowly)"
+            _LOGGER.error("uplink %s: %s%s", error.kind, error, hint)
         else:
             _LOGGER.info("uplink %s", state)
 
@@ -399,6 +401,7 @@ class Uplink:
 
     async def run(self) -> None:
         """Connect, hold, reconnect - until :meth:`stop`."""
+        self.thread_ident = threading.get_ident()
         failures = 0
         try:
             while not self._stop.is_set():
@@ -417,24 +420,15 @@ class Uplink:
                 except UplinkError as exc:
                     failures += 1
                     self._set_state("disconnected", exc)
-                    delay = backoff_delay(
-                        failures - 1,
-                        self.settings.backoff_initial_s,
-                        self.settings.backoff_max_s,
-                        self._rng,
-                    )
-                    if exc.permanent:
-                        delay = max(
-                            delay,
-                            min(self.settings.permanent_backoff_s, self.settings.backoff_max_s),
-                        )
-                    await self._sleep(delay)
+                    await self._sleep(self._delay(failures, exc))
                     continue
                 failures = 0
                 self.connections += 1
                 self.key_operations_per_connection.append(connection.key_operations)
                 self._connection = connection
-                if not connection.recovery:
+                if connection.recovery:
+                    self._set_state("trust recovery (CRLs stale: fetching, sending nothing)")
+                else:
                     self._connected.set()
                     self._set_state(f"connected ({connection.info.policy})", None)
                 try:
@@ -444,14 +438,7 @@ class Uplink:
                 except UplinkError as exc:
                     failures += 1
                     self._set_state("disconnected", exc)
-                    await self._sleep(
-                        backoff_delay(
-                            failures,
-                            self.settings.backoff_initial_s,
-                            self.settings.backoff_max_s,
-                            self._rng,
-                        )
-                    )
+                    await self._sleep(self._delay(failures, exc))
                 finally:
                     self._connected.clear()
                     self._connection = None
@@ -461,6 +448,14 @@ class Uplink:
                 await asyncio.to_thread(self._key.close)
                 self._key = None
             self._set_state("stopped", None)
+
+    def _delay(self, failures: int, exc: UplinkError) -> float:
+        delay = backoff_delay(
+            failures - 1, self.settings.backoff_initial_s, self.settings.backoff_max_s, self._rng
+        )
+        if exc.permanent:
+            delay = max(delay, min(self.settings.permanent_backoff_s, self.settings.backoff_max_s))
+        return delay
 
     async def _sleep(self, seconds: float) -> None:
         try:

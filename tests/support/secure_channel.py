@@ -29,7 +29,8 @@ from logger.uplink.connection import UplinkSettings
 from receiver.security import ReceiverDir
 from receiver.server import ReceiverServer
 from receiver.storage import Storage, open_storage
-from tests.support.pki import DeviceDir, ReceiverDir as ReceiverFiles
+from tests.support.pki import DeviceDir
+from tests.support.pki import ReceiverDir as ReceiverFiles
 
 ALL_SIGN_AND_ENCRYPT = (
     ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
@@ -58,15 +59,14 @@ async def running_receiver(
     db_dir: Path,
     reload_interval_s: float = 5.0,
     storage: Storage | None = None,
+    listen: str = "opc.tcp://127.0.0.1:0",
 ) -> AsyncIterator[ReceiverServer]:
     """Our receiver on 127.0.0.1:0 with a SQLite storage in ``db_dir``."""
     own = storage is None
     if storage is None:
         storage = await open_storage(f"sqlite:///{db_dir / 'receiver.db'}")
     rdir = ReceiverDir.load(rx.dir, rx.passphrase)
-    server = ReceiverServer(
-        rdir, storage, "opc.tcp://127.0.0.1:0", reload_interval_s=reload_interval_s
-    )
+    server = ReceiverServer(rdir, storage, listen, reload_interval_s=reload_interval_s)
     await server.start()
     try:
         yield server
@@ -147,6 +147,7 @@ class ReceiverThread:
         self.rx = rx
         self.db_dir = db_dir
         self.reload_interval_s = reload_interval_s
+        self.listen = "opc.tcp://127.0.0.1:0"
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._cm: Any = None
@@ -154,7 +155,9 @@ class ReceiverThread:
 
     def start(self) -> str:
         self._thread.start()
-        self._cm = running_receiver(self.rx, self.db_dir, self.reload_interval_s)
+        self._cm = running_receiver(
+            self.rx, self.db_dir, self.reload_interval_s, listen=self.listen
+        )
         future = asyncio.run_coroutine_threadsafe(self._cm.__aenter__(), self._loop)
         self.server = future.result(30)
         return self.server.endpoint_url
@@ -201,10 +204,11 @@ class SharedPki:
 
 
 def stale_crl(pki: Any, org: str, days_ago: int = 1) -> x509.CertificateRevocationList:
-    """A CRL of ``org`` correctly signed but past its nextUpdate."""
+    """A CRL of ``org`` correctly signed but past its nextUpdate (CRL number 0: older than
+    anything provisioning issued)."""
     import datetime as dt
 
     from provisioning import profile
 
     then = profile.utcnow() - dt.timedelta(days=30 + days_ago)
-    return profile.make_crl(pki.ca_cert(org), pki.ca_key(org), [], 1, 30, then)
+    return profile.make_crl(pki.ca_cert(org), pki.ca_key(org), [], 0, 30, then)

@@ -86,13 +86,21 @@ def test_wrong_host(spki: SharedPki) -> None:
 def test_expired_and_not_yet_valid(spki: SharedPki) -> None:
     now = profile.utcnow()
     expired, _ = spki.pki.leaf(
-        "acme", "receiver", spki.rx.application_uri, ("127.0.0.1",),
-        not_before=now - dt.timedelta(days=40), not_after=now - dt.timedelta(days=1),
+        "acme",
+        "receiver",
+        spki.rx.application_uri,
+        ("127.0.0.1",),
+        not_before=now - dt.timedelta(days=40),
+        not_after=now - dt.timedelta(days=1),
     )
     assert _code(spki, expired) == "expired"
     future, _ = spki.pki.leaf(
-        "acme", "receiver", spki.rx.application_uri, ("127.0.0.1",),
-        not_before=now + dt.timedelta(days=1), not_after=now + dt.timedelta(days=40),
+        "acme",
+        "receiver",
+        spki.rx.application_uri,
+        ("127.0.0.1",),
+        not_before=now + dt.timedelta(days=1),
+        not_after=now + dt.timedelta(days=40),
     )
     with pytest.raises(ValidationError) as info:
         _check(spki, future)
@@ -160,9 +168,7 @@ def test_crl_signed_by_the_wrong_ca_is_rejected(spki: SharedPki, tmp_path: Path)
     state = _state_copy(spki, tmp_path)
     other = TestPki.create(tmp_path / "other", root_name="Evil Root")
     try:
-        forged = profile.make_crl(
-            spki.pki.ca_cert("acme"), other.ca_key("acme"), [], 999, 30
-        )
+        forged = profile.make_crl(spki.pki.ca_cert("acme"), other.ca_key("acme"), [], 999, 30)
     finally:
         other.close()
     from logger.tpm.state import ski_name
