@@ -754,7 +754,7 @@ class Meters:
             "SIM",
             1,
             0x02,
-            quantities=[*default_quantities(), Quantity("energy2_wh", 0x03, 5_000, rate=1.0)],
+            quantities=[*default_quantities(), Quantity("energy_kwh", 0x06, 5_000, rate=0.01)],
             per_telegram=2,
         )
         abb = scenarios.jmbus_cases()["test_ABB_A41_messages"]
