@@ -340,3 +340,17 @@ def test_mbus_quirks_are_the_bus_layer_s_names() -> None:
     from logger.config import QUIRKS
 
     assert set(QUIRKS["mbus"]) == set(every)
+
+
+def test_meters_round_trip_through_a_cloud_layer() -> None:
+    from logger.config import meters_layer, to_data
+
+    config = load(EXAMPLE)
+    layer = json.loads(json.dumps(meters_layer(config, 3)))  # as it travels
+    again = apply_cloud_layer(config, layer)
+    assert again.meters == config.meters
+    assert again.cloud_version == "3"
+    doc = json.loads(json.dumps(to_data(config)))
+    assert doc["meters"][0]["id"] == "heat-main"
+    assert doc["buffer"]["policy"] == "drop_oldest"
+    assert doc["meters"][-1]["registers"][2]["scale"] == "0.01"

@@ -7,6 +7,7 @@ Pure standard library (plus the store's limit types), so ``check-config`` starts
 """
 
 from logger.config.cloud import CloudLayerStore
+from logger.config.dump import meter_entry, meters_layer, to_data
 from logger.config.load import (
     QUIRKS,
     ConfigError,
@@ -59,10 +60,13 @@ __all__ = [
     "WordOrder",
     "apply_cloud_layer",
     "load",
+    "meter_entry",
+    "meters_layer",
     "next_due",
     "parse",
     "parse_cloud_layer",
     "parse_duration",
     "parse_size",
+    "to_data",
     "valid_interval",
 ]
