@@ -33,6 +33,7 @@ from .api import (
     StorageError,
     StorageUnavailable,
     StoredReading,
+    status_name,
 )
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "StoredReading",
     "is_postgres_url",
     "open_storage",
+    "status_name",
 ]
 
 

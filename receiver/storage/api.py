@@ -80,6 +80,20 @@ class InvalidConfiguration(StorageError, ValueError):
     """A cloud configuration document that is not JSON of the expected top-level shape."""
 
 
+def status_name(exc: BaseException) -> str:
+    """The OPC UA status code (name in ``asyncua.ua.StatusCodes``) for a storage error.
+
+    Kept here as names so the storage stays free of asyncua; the server looks the code up.
+    """
+    if isinstance(exc, BadBatch):
+        return "BadRequestTooLarge" if exc.too_large else "BadInvalidArgument"
+    if isinstance(exc, SequenceConflict | InvalidConfiguration):
+        return "BadInvalidArgument"
+    if isinstance(exc, StorageUnavailable):
+        return "BadResourceUnavailable"
+    return "BadInternalError"
+
+
 # --------------------------------------------------------------------------------------------
 # Values exchanged with the storage.
 

@@ -715,3 +715,21 @@ def test_a_new_schema_version_migrates_once_and_keeps_the_data(
             await open_storage(storage_url)
 
     run(scenario())
+
+
+def test_storage_errors_name_an_opc_ua_status_that_exists() -> None:
+    from asyncua import ua
+
+    from receiver.storage import StorageError, status_name
+
+    cases = {
+        BadBatch("x"): "BadInvalidArgument",
+        BadBatch("x", too_large=True): "BadRequestTooLarge",
+        SequenceConflict(DEV, "e", 1, "value"): "BadInvalidArgument",
+        InvalidConfiguration("x"): "BadInvalidArgument",
+        StorageUnavailable("x"): "BadResourceUnavailable",
+        StorageError("x"): "BadInternalError",
+    }
+    for exc, name in cases.items():
+        assert status_name(exc) == name
+        assert isinstance(getattr(ua.StatusCodes, name), int)
