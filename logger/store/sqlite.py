@@ -523,6 +523,9 @@ class SqliteStore:
             )
             raise BufferFull(f"buffer full: {plan.detail}", loss)
         losses += self._apply_drops(plan, now)
+        if not readings and not losses:
+            self._db.execute("ROLLBACK")  # nothing to write: no fsync for an empty tick
+            return CommitResult(self._epoch, None, None, 0, ())
         first = int(self._meta("next_seq"))
         rows = []
         for i, (r, size) in enumerate(zip(readings, sizes, strict=True)):

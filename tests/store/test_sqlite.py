@@ -147,3 +147,13 @@ def test_a_locked_database_is_an_error_not_corruption(tmp_path: Path) -> None:
         other.execute("ROLLBACK")
         other.close()
     assert path.exists() and not list(tmp_path.glob("*.corrupt-*"))
+
+
+def test_an_empty_tick_writes_nothing(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "b.db", UNBOUNDED)
+    store.commit_tick(make_tick(3), now=T0)
+    wal = tmp_path / "b.db-wal"
+    before = wal.stat().st_size, wal.stat().st_mtime_ns
+    assert store.commit_tick([], now=T0).count == 0
+    assert (wal.stat().st_size, wal.stat().st_mtime_ns) == before
+    store.close()
