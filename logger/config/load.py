@@ -58,6 +58,7 @@ QUIRKS: dict[str, dict[str, tuple[str, str]]] = {
         "any_address": ("bool", "accept an answer whose address is not the meter's own"),
     },
     "modbus": {
+        "echo": ("bool", "the RS-485 adapter echoes what is sent; skip it (RTU)"),
         "pause_after_connect": ("duration", "wait after connecting before the first request"),
         "pause_between_requests": ("duration", "wait between two requests to the device"),
         "one_request_per_field": ("bool", "never merge neighbouring registers in one request"),

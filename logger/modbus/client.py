@@ -149,6 +149,7 @@ class RtuClient(_PymodbusSource):
             bytesize=8,
             timeout=timeout_s or bus.timeout_s or DEFAULT_TIMEOUT_S,
             retries=bus.retries,
+            handle_local_echo=bool(bus.quirks.get("echo")),
             reconnect_delay=0,
             name=f"rtu {bus.name}",
         )
