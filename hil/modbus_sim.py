@@ -7,18 +7,24 @@ As a library (in-process, in its own thread with its own event loop)::
         sim.advance()              # next step: energies grow, voltages wander
         sim.served                 # every step's exact values, as a reading of them must be
 
-    with ModbusSim(specs, unit_id=3, rtu=True, baudrate=9600) as sim:   # RTU over a pty pair
+    more = [SimMeter(PROFILES["abb_b23"], unit_id=4, salt=1)]         # an RS-485 line
+    with ModbusSim(specs, unit_id=3, more=more, rtu=True) as sim:      # RTU over a pty pair
         ModbusSerialClient(sim.device, ...)
+        sim.meters[4].fail_with = 6                                    # unit 4 answers "busy"
+
+Each meter appends every step's values to its log; the line's meters step together.
 
 As a program: ``python -m hil.modbus_sim --profile eastron_sdm630 --tcp 127.0.0.1:0`` (or
-``--rtu``) prints one JSON line ``{"tcp": "127.0.0.1:PORT"}`` / ``{"device": PATH}`` when ready,
-advances every ``--step`` seconds and appends each step's values to ``--log FILE`` (JSONL), so a
-test harness outside the process can check what was stored against what was served.
+``--rtu``; ``--meter abb_b23:4`` adds a meter on the same line or gateway) prints one JSON
+line ``{"tcp": "127.0.0.1:PORT"}`` / ``{"device": PATH}`` when ready, advances every
+``--step`` seconds and appends each step's values to ``--log FILE`` (JSONL), so a test harness
+outside the process can check what was stored against what was served.
 
 Values are exact decimals on each register's scale grid; float registers serve the float
 nearest to them and :attr:`served` holds the decimal the logger must read back (the shortest
 text of that float). The RTU side runs over a pty pair made by ``socat``: a pty carries bytes
-instantly, so Modbus inter-frame timing is not simulated (M-Bus wire timing is, in hil.sim).
+instantly and has no parity, so Modbus inter-frame timing and 8E1 framing are not simulated
+(clients open the pty 8N1; M-Bus wire timing is simulated, in hil.sim).
 """
 
 from __future__ import annotations
