@@ -344,6 +344,8 @@ class SqliteStore:
                 f"BEGIN IMMEDIATE; {script} {extra} PRAGMA user_version = {target}; COMMIT;"
             )
             _LOGGER.info("buffer %s: schema migrated to version %d", self.path, target)
+        if version == 0:
+            _fsync_dir(self.path.parent)  # a new database: make its directory entry durable
 
     # --- helpers -------------------------------------------------------------------------
 
