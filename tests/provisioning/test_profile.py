@@ -106,3 +106,14 @@ def test_attack_material_has_the_claimed_defect(test_pki: TestPki, tmp_path: Pat
         ),
     )
     assert (rogue.dir / "server-cert.pem").exists() and (rogue.dir / "trust").is_dir()
+
+
+def test_bad_crls_for_attack_tests(test_pki: TestPki) -> None:
+    ca = test_pki.ca_cert("acme")
+    ca_public: Any = ca.public_key()
+    stale = test_pki.stale_crl()
+    assert stale.is_signature_valid(ca_public)
+    assert stale.next_update_utc is not None and stale.next_update_utc < profile.utcnow()
+    forged = test_pki.forged_crl()
+    assert forged.issuer == ca.subject and not forged.is_signature_valid(ca_public)
+    assert test_pki.crl("acme").is_signature_valid(ca_public)

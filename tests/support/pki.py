@@ -12,7 +12,9 @@ Attack material (the secure-channel tests need each): :meth:`TestPki.leaf` build
 certificate with the product's exact extensions but any validity, key size or URI;
 :meth:`TestPki.sha1_leaf` re-signs one with SHA-1 through openssl (``cryptography`` refuses to
 sign with SHA-1); :meth:`TestPki.create` with another directory gives a second, unrelated root
-("other CA"); :meth:`TestPki.expired_org` an organization whose CA has expired.
+("other CA"); :meth:`TestPki.expired_org` an organization whose CA has expired;
+:meth:`TestPki.stale_crl` and :meth:`TestPki.forged_crl` CRLs past nextUpdate or signed by
+the wrong key.
 
 CA keys are 2048 bits here (3072 in the product) to keep fixtures fast. The root is backdated
 three years so that expired and not-yet-valid certificates can be issued inside its validity.
@@ -331,6 +333,27 @@ class TestPki:
             )
             sha1 = x509.load_pem_x509_certificate((t / "leaf.pem").read_bytes())
         return sha1, key
+
+    def stale_crl(self, name: str = "acme") -> x509.CertificateRevocationList:
+        """The CA's current revocations in a CRL whose nextUpdate passed yesterday (properly
+        signed by the CA: only its age is wrong). Not written anywhere."""
+        ca = self.pki.ca(name)
+        start = profile.utcnow() - dt.timedelta(days=31)
+        return profile.make_crl(
+            ca.cert,
+            self.pki.ca_key(ca),
+            self.pki._revoked_entries(ca),
+            number=1,
+            days=30,
+            now=start,
+        )
+
+    def forged_crl(self, name: str = "acme") -> x509.CertificateRevocationList:
+        """A fresh, empty CRL naming the CA as issuer but signed by another key (the attack:
+        un-revoking a device with a CRL the CA never signed)."""
+        ca = self.pki.ca(name)
+        impostor = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return profile.make_crl(ca.cert, impostor, [], number=10**6, days=30)
 
     def write_receiver_dir(
         self, out: Path, cert: x509.Certificate, key: rsa.RSAPrivateKey, org: str = "acme"
