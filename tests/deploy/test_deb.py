@@ -234,11 +234,40 @@ def _step_key_info(tmp_path: Path) -> None:
     assert doc["type"] == "tpm" and doc["tcti"] == tcti
 
 
-# Steps run against the installed package once the command exists in the CLI; ``uplink
-# check`` against a receiver joins this list.
+def _step_uplink_check(tmp_path: Path) -> None:
+    """The installed logger, enrolled by the provider, connects to a running receiver.
+
+    The bench (hil.stack: swtpm, PKI by ``mbus-provision``, ``mbus-receiver serve``) comes from
+    the development tree; only the logger side runs from the installed package.
+    """
+    from hil.stack import Stack
+
+    with Stack(tmp_path / "stack", loggers=("SN-DEB-2",)) as stack:
+        stack.start(start_loggers=False)
+        config = str(stack.logger.config_path)
+        checked = _sh("/usr/bin/mbus-logger", "check-config", config, cwd="/", check=False)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        proc = _sh(
+            "/usr/bin/mbus-logger",
+            "uplink",
+            "check",
+            "--config",
+            config,
+            "--format",
+            "json",
+            cwd="/",
+            check=False,
+            timeout=90,
+        )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    json.loads(proc.stdout)
+
+
+# Steps run against the installed package once the command exists in the CLI.
 OPTIONAL_STEPS = {
     "check-config": lambda tmp_path: _step_check_config(),
     "key info": _step_key_info,
+    "uplink check": _step_uplink_check,
 }
 
 
