@@ -145,7 +145,8 @@ class Answer:
 
 
 def _is_rsp_ud(frame: frames.Frame) -> bool:
-    return frame.kind == frames.LONG and (frame.c & 0x4F) == frames.C_RSP_UD
+    c = frame.c
+    return frame.kind == frames.LONG and c is not None and (c & 0x4F) == frames.C_RSP_UD
 
 
 class MasterLink:
@@ -456,8 +457,8 @@ class ReadOut(Procedure):
         if address is not None:
             frames._check_address(address)
         else:
-            frames.secondary_mask_bytes(secondary)  # validates
             secondary = str(secondary).upper()
+            frames.secondary_mask_bytes(secondary)  # validates
         if max_telegrams < 1:
             raise UsageError("max_telegrams must be at least 1")
         self.address = address
@@ -497,10 +498,12 @@ class ReadOut(Procedure):
     def _next(self) -> Request | None:
         step = self._step
         if step == self.STEP_RESET:
-            return Request(frames.snd_nke(self.address), EXPECT_ACK, "SND_NKE")
+            return Request(frames.snd_nke(int(self.address or 0)), EXPECT_ACK, "SND_NKE")
         pause = self.pause_after_reset if self.reset and not self.telegrams else 0.0
         if step == self.STEP_SELECT:
-            return Request(frames.select_secondary(self.secondary), EXPECT_ACK, "select", pause)
+            return Request(
+                frames.select_secondary(str(self.secondary)), EXPECT_ACK, "select", pause
+            )
         address = frames.ADDR_SELECTED if self.address is None else self.address
         label = "REQ_UD2 FCB=%d" % (1 if self._fcb else 0)
         if self._tries or self.telegrams:

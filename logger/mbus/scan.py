@@ -257,7 +257,8 @@ class SecondaryScan(Procedure):
     def _check_f(self, mask: str, fixed: int, position: int) -> None:
         """``mask`` collided and every digit 0-E at ``position`` has been tried.
 
-        With two or more known meters under ``mask`` the collision is explained: stop. With
+        With two or more known meters (or identical ones) under ``mask`` the collision is
+        explained: stop. With
         none, every meter under it has F at ``position``: keep refining the other positions.
         With exactly one, something else answered too and has F here: first try the known
         meter's own address with F at ``position`` (one select finds a "twin" that differs only
@@ -266,7 +267,8 @@ class SecondaryScan(Procedure):
         """
         known = self.known(mask)
         now_fixed = fixed | (1 << position)
-        if len(known) >= 2:
+        same = [d for d in self.duplicates if frames.mask_matches(mask, d)]
+        if len(known) + 2 * len(same) >= 2:
             return
         if now_fixed == ALL_FIXED:
             if known:

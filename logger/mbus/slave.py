@@ -17,7 +17,7 @@ to back with :class:`logger.mbus.master.MasterLink`. MicroPython-clean.
 """
 
 from logger.mbus import frames
-from logger.mbus.errors import UsageError
+from logger.mbus.errors import FrameError, UsageError
 from logger.mbus.master import more_records_follow
 
 DESELECTED = 0
@@ -132,7 +132,7 @@ class Slave:
         self.secondary = secondary.upper()
         self.state = DESELECTED
         self.baudrate = baudrate
-        self.pending_baudrate = None
+        self.pending_baudrate: int | None = None
         self.index = 0
         self.last_event = E_FOREIGN
         self._last_fcb = False
@@ -152,14 +152,15 @@ class Slave:
             frame = frames.parse_frame(bytes(raw))
             if frame.kind != frames.LONG:
                 raise UsageError("a telegram must be a long frame, got %r" % (frame,))
-            telegrams.append((frame.ci, bytes(frame.data)))
+            telegrams.append((int(frame.ci or 0), bytes(frame.data)))
         return cls(address, telegrams, secondary, baudrate)
 
     def classify(self, frame: frames.Frame) -> int:
         """The event a request frame is for this slave."""
-        a = frame.a
+        a = -1 if frame.a is None else frame.a
+        c = 0 if frame.c is None else frame.c
         if frame.kind == frames.SHORT:
-            function = frame.c & 0x4F
+            function = c & 0x4F
             if function == frames.C_SND_NKE:
                 return self._by_address(a, E_NKE, E_NKE_NET, E_NKE_ALL)
             if function == 0x4B:
@@ -167,7 +168,7 @@ class Slave:
             if function == 0x4A:
                 return self._by_address(a, E_UD, E_UD_NET, E_FOREIGN)
             return E_FOREIGN
-        if frame.kind in (frames.LONG, frames.CONTROL) and (frame.c & 0x4F) == 0x43:
+        if frame.kind in (frames.LONG, frames.CONTROL) and (c & 0x4F) == 0x43:
             if frame.ci == frames.CI_SELECT and a == frames.ADDR_SELECTED:
                 if len(frame.data) >= 8:
                     mask = frames.secondary_from_bytes(frame.data[:8])
@@ -196,7 +197,7 @@ class Slave:
         if action == SILENT:
             return None
         if action == REPLY_RSP:
-            return self._respond(frame.c)
+            return self._respond(0 if frame.c is None else frame.c)
         if frame.kind != frames.SHORT:
             self._apply(frame)
         return frames.ack()
@@ -229,7 +230,7 @@ class Slave:
         return frames.rsp_ud(self.address, ci, data)
 
     def _apply(self, frame: frames.Frame) -> None:
-        ci = frame.ci
+        ci = 0 if frame.ci is None else frame.ci
         if ci == frames.CI_APPLICATION_RESET:
             self._reset_fcb()
         elif ci == frames.CI_DATA_SEND and bytes(frame.data[:2]) == b"\x01\x7a":
@@ -246,16 +247,27 @@ def superpose(answers: "list[bytes]") -> bytes | None:
 
     A slave sends a 0 bit by drawing extra current, so when two transmit together a 0 from
     either wins: the bytes combine with AND. Identical answers (two E5) are indistinguishable
-    from one; different frames turn into garbage that fails the checksum.
+    from one. Different frames never line up bit for bit on a real bus (each meter has its own
+    response delay), so they always arrive broken: should the AND happen to form a valid frame
+    (two headers differing in one nibble, B and F), one byte is corrupted as the skew would.
     """
     if not answers:
         return None
     out = bytearray(answers[0])
+    differ = False
     for other in answers[1:]:
+        if bytes(other) != bytes(answers[0]):
+            differ = True
         if len(other) > len(out):
             out.extend(other[len(out) :])
         for i in range(min(len(out), len(other))):
             out[i] &= other[i]
+    if differ:
+        try:
+            frames.parse_frame(bytes(out))
+        except FrameError:
+            return bytes(out)
+        out[len(out) // 2] ^= 0xFF
     return bytes(out)
 
 
