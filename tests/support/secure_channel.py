@@ -125,18 +125,31 @@ def crafted_client(
         )
     client.security_policy = policy_obj  # type: ignore[assignment]
     client.uaclient.set_security(policy_obj)
-    if claimed_cert is not None:
-        original = client.create_session
+    async def create_session() -> Any:
+        # The attacker's CreateSession: no endpoint matching, no server checks, and any
+        # certificate claimed (the stock server checked only this one).
+        from asyncua.common.utils import create_nonce
 
-        async def create_session() -> Any:
-            host = policy_obj.host_certificate
-            policy_obj.host_certificate = claimed_cert or None
-            try:
-                return await original()
-            finally:
-                policy_obj.host_certificate = host
+        params = ua.CreateSessionParameters()
+        params.ClientNonce = create_nonce(32)
+        if claimed_cert is None:
+            params.ClientCertificate = policy_obj.host_certificate
+        else:
+            params.ClientCertificate = claimed_cert or None
+        desc = ua.ApplicationDescription()
+        desc.ApplicationUri = "urn:attacker"
+        desc.ApplicationType = ua.ApplicationType.Client
+        params.ClientDescription = desc
+        params.EndpointUrl = url
+        params.SessionName = "attack"
+        params.RequestedSessionTimeout = 60_000
+        params.MaxResponseMessageSize = 0
+        response = await client.uaclient.create_session(params)
+        client._server_nonce = response.ServerNonce  # noqa: SLF001
+        client._policy_ids = response.ServerEndpoints[0].UserIdentityTokens  # noqa: SLF001
+        return response
 
-        client.create_session = create_session  # type: ignore[method-assign]
+    client.create_session = create_session  # type: ignore[method-assign]
     return client
 
 
