@@ -20,7 +20,7 @@ Authorisation of the device key, chosen at creation:
 * a PCR policy (``PolicyPCR`` over the chosen PCRs, plus ``PolicyPassword`` when an auth value
   is also set). ``userWithAuth`` is then *cleared*: the auth value alone cannot bypass the
   policy. Every use opens a policy session, replays the policy and flushes the session, which
-  costs two TPM commands more per operation (measured in the provisioning README section).
+  costs three TPM commands more per operation (measured in the provisioning README section).
 
 ESAPI contexts are not thread-safe and a TPM executes one command at a time, so :class:`Tpm`
 owns one context and one lock; everything that talks to the TPM takes it. The calls block
@@ -440,8 +440,8 @@ class TpmRsaKey(tpm_rsa_private_key):
             finally:
                 self._session = ESYS_TR.PASSWORD
                 if session != ESYS_TR.PASSWORD:
-                    # A successful command already ended the session (continueSession clear);
-                    # after a failure it is still loaded and must go.
+                    # ESAPI starts sessions with continueSession set: the session outlives the
+                    # command (success or failure) and would fill the TPM's session slots.
                     with contextlib.suppress(TSS2_Exception):
                         ectx.flush_context(session)
 

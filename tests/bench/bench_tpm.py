@@ -6,7 +6,7 @@ signatures, OAEP SHA-1 / SHA-256 decryption. Each operation is timed ``--ops`` t
 variant; the figures are medians in milliseconds, and the ratios are PCR-policy key vs. plain
 TPM key (what binding to PCRs costs per operation) and TPM key vs. file key. swtpm is a
 software TPM on loopback: a discrete TPM is 10-100x slower per RSA operation, the policy
-overhead (two extra commands) stays the same in count.
+overhead (three extra commands) stays the same in count.
 
 Run: ``.venv/bin/python -m tests.bench.bench_tpm [--ops N] [--keys N]``
 """
