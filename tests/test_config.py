@@ -354,3 +354,33 @@ def test_meters_round_trip_through_a_cloud_layer() -> None:
     assert doc["meters"][0]["id"] == "heat-main"
     assert doc["buffer"]["policy"] == "drop_oldest"
     assert doc["meters"][-1]["registers"][2]["scale"] == "0.01"
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "expect"),
+    [
+        ("10.0.0.9", None, ("10.0.0.9", 502)),
+        ("10.0.0.9:1502", None, ("10.0.0.9", 1502)),
+        ("gw.example", 5020, ("gw.example", 5020)),
+        ("[fd00::7]:1502", None, ("fd00::7", 1502)),
+        ("fd00::7", None, ("fd00::7", 502)),
+        ("10.0.0.9:502", 502, "given twice"),
+        ("10.0.0.9:99999", None, "port 1..65535"),
+    ],
+)
+def test_modbus_tcp_host_and_port(host: str, port: int | None, expect: object) -> None:
+    meter: dict[str, object] = {
+        "id": "m",
+        "kind": "modbus_tcp",
+        "host": host,
+        "profile": "eastron_sdm120",
+    }
+    if port is not None:
+        meter["port"] = port
+    base = load(CASES / "minimal.toml")
+    if isinstance(expect, tuple):
+        got = apply_cloud_layer(base, {"version": 1, "meters": [meter]}).meters[0]
+        assert (got.host, got.port) == expect
+    else:
+        with pytest.raises(ConfigError, match=str(expect)):
+            apply_cloud_layer(base, {"version": 1, "meters": [meter]})

@@ -351,9 +351,9 @@ def _buses(ck: _Checker, doc: Mapping[str, Any]) -> tuple[BusConfig, ...]:
         )
         kind = BusKind(ck.get(table, path, "kind", _choice(BusKind), "mbus") or "mbus")
         device = ck.get(table, path, "device", _nonempty, required=True) or ""
-        if device in devices:
+        if device and device in devices:
             ck.fail((*path, "device"), f"{device} is already bus {devices[device]!r}")
-        devices[device] = name
+        devices.setdefault(device, name)
         default_baud = 2400 if kind is BusKind.MBUS else 9600
         baud = (
             ck.get(
@@ -513,11 +513,8 @@ def _meter(
         forbid("primary_address", "secondary_address")
         if kind is MeterKind.MODBUS_TCP:
             forbid("bus")
-            if host is not None and ":" in host and port is None:
-                host, _, port_s = host.rpartition(":")
-                port = int(port_s) if port_s.isdigit() and 0 < int(port_s) < 65536 else None
-                if port is None:
-                    ck.fail((*path, "host"), "host:port with a port 1..65535 expected")
+            if host is not None:
+                host, port = _host_port(ck, (*path, "host"), host, port)
             if host is None and "host" not in table:
                 ck.fail((*path, "host"), "is required for a modbus_tcp meter")
             port = port or 502
@@ -587,6 +584,41 @@ def _full_secondary(text: str) -> str:
     """The 16 hex digits the master selects with (``IIIIIIIIMMMMVVDD``, libmbus's layout);
     an identification number alone gets wildcards (``F``) for manufacturer, version, medium."""
     return (text + "FFFFFFFF")[:16].upper()
+
+
+def _host_port(
+    ck: _Checker,
+    path: KeyPath,
+    host: str,
+    port: int | None,
+) -> tuple[str, int | None]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``; a port given twice is an error."""
+    text = host
+    given: str | None = None
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            ck.fail(path, f"{host!r}: unclosed [ of an IPv6 address")
+            return host, port
+        rest = text[close + 1 :]
+        text = text[1:close]
+        if rest:
+            if not rest.startswith(":"):
+                ck.fail(path, f"{host!r}: expected [address]:port")
+                return text, port
+            given = rest[1:]
+    elif text.count(":") == 1:
+        text, _, given = text.partition(":")
+    if given is not None:
+        if port is not None:
+            ck.fail(path, "the port is given twice (in host and in port)")
+        elif not (given.isdigit() and 0 < int(given) < 65536):
+            ck.fail(path, f"{host!r}: host:port with a port 1..65535 expected")
+        else:
+            port = int(given)
+    if not text:
+        ck.fail(path, "no host name or address")
+    return text, port
 
 
 def _meter_id(value: object) -> str:
