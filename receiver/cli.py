@@ -7,7 +7,7 @@ Commands (CLI.md conventions; exit codes from :mod:`logger.cli.common`)::
     export   --db URL [--device URI] [--meter M] [--since T] [--format csv|jsonl]
     config   set  --db URL --device URI FILE
     config   show --db URL --device URI [--format text|json]
-    audit    verify --db URL [--format text|json]
+    audit    verify --db URL [--anchor HASH] [--format text|json]
     audit    list   --db URL [--device URI] [--after-id N] [--limit N] [--format text|json]
 
 ``--db`` defaults to ``$MBUS_RECEIVER_DB``. The operator commands are thin: they open the
@@ -138,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub.required = True
     verify = audit_sub.add_parser("verify", help="check the chain (exit 1 when tampered with)")
     _add_db(verify)
+    verify.add_argument(
+        "--anchor",
+        metavar="HASH",
+        help="a head hash printed by an earlier 'audit verify' and kept elsewhere: it must "
+        "still be in the log",
+    )
     add_format(verify)
     verify.set_defaults(handler=_audit_verify)
     listing = audit_sub.add_parser("list", help="print audit entries, oldest first")
@@ -481,7 +487,7 @@ def _config_show(args: argparse.Namespace) -> int:
 
 def _audit_verify(args: argparse.Namespace) -> int:
     async def work(storage: Storage) -> int:
-        verdict = await storage.verify_audit()
+        verdict = await storage.verify_audit(args.anchor)
         if args.format == "json":
             print_json(
                 {

@@ -342,10 +342,14 @@ class ChainVerifier:
 
     Feed every entry with :meth:`feed`, then call :meth:`finish` with the head the database
     recorded (last id and hash, updated in the same transaction as each append), which catches
-    entries deleted from the end of the log.
+    entries deleted from the end of the log. An ``anchor`` — a head hash recorded outside the
+    database earlier — must appear in the chain: that catches a rewrite of the whole chain
+    from some entry on, which no check inside the database can.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, anchor: str | None = None) -> None:
+        self._anchor = anchor.lower() if anchor else None
+        self._anchor_seen = False
         self._expected_id = 1
         self._prev = GENESIS_HASH
         self._count = 0
@@ -359,6 +363,8 @@ class ChainVerifier:
 
     def feed(self, entry: AuditEntry) -> None:
         self._count += 1
+        if entry.hash == self._anchor:
+            self._anchor_seen = True
         if entry.id != self._expected_id:
             if entry.id > self._expected_id:
                 missing = (
@@ -413,6 +419,12 @@ class ChainVerifier:
             )
         elif head_hash != self._prev:
             self._bad(last_id, f"entry {last_id} is not the entry last written (replaced)")
+        if self._anchor is not None and not self._anchor_seen:
+            self._bad(
+                last_id + 1 if self._first_bad is None else self._first_bad,
+                f"the recorded head {self._anchor} is not in the log (history rewritten or "
+                "truncated since it was recorded)",
+            )
         ok = self._first_bad is None
         return AuditVerification(
             ok=ok,

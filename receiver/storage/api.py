@@ -341,5 +341,8 @@ class Storage(Protocol):
     ) -> list[AuditEntry]:
         """Audit entries with id > ``since_id``, oldest first."""
 
-    async def verify_audit(self) -> AuditVerification:
-        """Walk the whole chain; report the first entry that breaks it."""
+    async def verify_audit(self, anchor: str | None = None) -> AuditVerification:
+        """Walk the whole chain; report the first entry that breaks it.
+
+        ``anchor``: a head hash recorded earlier outside the database; it must be in the chain.
+        """

@@ -721,8 +721,8 @@ class PostgresStorage:
             sql += f" LIMIT ${len(args)}"
         return [self._audit_entry(r) for r in await self._query(sql, *args)]
 
-    async def verify_audit(self) -> AuditVerification:
-        verifier = _rows.ChainVerifier()
+    async def verify_audit(self, anchor: str | None = None) -> AuditVerification:
+        verifier = _rows.ChainVerifier(anchor)
         with _translate(self.url):
             async with (
                 self._pool.acquire() as conn,

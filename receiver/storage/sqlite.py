@@ -767,13 +767,13 @@ class SqliteStorage:
 
         return await self._run(query)
 
-    async def verify_audit(self) -> AuditVerification:
+    async def verify_audit(self, anchor: str | None = None) -> AuditVerification:
         def walk() -> AuditVerification:
             # One read transaction: the head and the entries are seen at the same instant.
             db = self._db
             db.execute("BEGIN")
             try:
-                verifier = _rows.ChainVerifier()
+                verifier = _rows.ChainVerifier(anchor)
                 for r in db.execute("SELECT * FROM audit ORDER BY id"):
                     try:
                         entry = self._audit_entry(r)

@@ -161,7 +161,12 @@ def test_config_refusals(db: str, tmp_path: Path, capsys: pytest.CaptureFixture[
 
 def test_audit_verify_intact_then_tampered(db: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["audit", "verify", "--db", db]) == 0
-    assert capsys.readouterr().out.startswith("audit log intact: 2 entries, head ")
+    out = capsys.readouterr().out
+    assert out.startswith("audit log intact: 2 entries, head ")
+    head = out.split()[-1]
+    assert main(["audit", "verify", "--db", db, "--anchor", head]) == 0
+    assert main(["audit", "verify", "--db", db, "--anchor", "ab" * 32]) == 1
+    assert "is not in the log" in capsys.readouterr().out
     run(execute_raw(db, "UPDATE audit SET peer = '198.51.100.1:1' WHERE id = 1"))
     assert main(["audit", "verify", "--db", db]) == 1
     out = capsys.readouterr().out

@@ -733,3 +733,33 @@ def test_storage_errors_name_an_opc_ua_status_that_exists() -> None:
     for exc, name in cases.items():
         assert status_name(exc) == name
         assert isinstance(getattr(ua.StatusCodes, name), int)
+
+
+def test_a_recorded_head_catches_a_rewritten_tail(storage_url: str) -> None:
+    # An intruder with write access deletes the last entries and moves the head back: the chain
+    # itself is consistent again; only a head recorded elsewhere reveals it.
+    async def scenario() -> None:
+        storage = await open_storage(storage_url)
+        try:
+            await _five_entries(storage)
+            recorded = (await storage.verify_audit()).head_hash
+            assert (await storage.verify_audit(recorded)).ok
+            entries = await storage.audit_entries()
+        finally:
+            await storage.close()
+        e2 = entries[1]
+        await execute_raw(
+            storage_url,
+            "DELETE FROM audit WHERE id > 2",
+            f"UPDATE audit_head SET last_id = 2, last_hash = '{e2.hash}'",
+        )
+        storage = await open_storage(storage_url)
+        try:
+            assert (await storage.verify_audit()).ok  # the limit of any chain kept in one place
+            verdict = await storage.verify_audit(recorded)
+        finally:
+            await storage.close()
+        assert not verdict.ok and verdict.first_bad_id == 3
+        assert verdict.problem is not None and "is not in the log" in verdict.problem
+
+    run(scenario())
