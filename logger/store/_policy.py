@@ -29,6 +29,10 @@ class Plan:
     detail: str = ""
 
     @property
+    def dropped_count(self) -> int:
+        return sum(len(rows) for rows in self.drops.values())
+
+    @property
     def dropped_bytes(self) -> int:
         return sum(r.size for rows in self.drops.values() for r in rows)
 

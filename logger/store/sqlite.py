@@ -188,9 +188,7 @@ class SqliteStore:
             self._db = self._open_checked()
             self._make_reserve()
         self._epoch = self._meta("epoch")
-        self._bytes = int(
-            self._db.execute("SELECT coalesce(sum(size), 0) FROM readings").fetchone()[0]
-        )
+        self._pending, self._bytes = self._count()
 
     # --- opening -------------------------------------------------------------------------
 
@@ -349,6 +347,14 @@ class SqliteStore:
 
     # --- helpers -------------------------------------------------------------------------
 
+    def _count(self) -> tuple[int, int]:
+        """Pending readings and their accounted bytes, counted in the database. The writer
+        keeps both up to date in memory afterwards (``count(*)`` scans the whole table)."""
+        depth, size = self._db.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM readings"
+        ).fetchone()
+        return int(depth), int(size)
+
     def _meta(self, key: str) -> str:
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         if row is None:
@@ -466,7 +472,7 @@ class SqliteStore:
                 )
             # Disk full: make room inside the file (drop_oldest) and try once more.
             sizes = sum(reading_size(r) for r in readings)
-            if self._limits.policy.value == "drop_oldest" and self._depth() > 0:
+            if self._limits.policy.value == "drop_oldest" and self._pending > 0:
                 try:
                     # Release the reserve, move the WAL into the file and restart it, free old
                     # rows and move that in too: the retry then writes into reused pages.
@@ -561,6 +567,7 @@ class SqliteStore:
         self._db.execute("COMMIT")
         self._unflushed.clear()
         self._bytes += need - plan.dropped_bytes
+        self._pending += len(readings) - plan.dropped_count
         for loss in losses:
             if loss.reason is not LossReason.DISK_FULL:
                 _LOGGER.warning(
@@ -593,6 +600,7 @@ class SqliteStore:
         self._apply_drops(plan, now)
         self._db.execute("COMMIT")
         self._bytes -= freed
+        self._pending -= len(drop)
 
     @property
     def _reserve_path(self) -> Path:
@@ -640,9 +648,6 @@ class SqliteStore:
     def _writable(self) -> None:
         if self._readonly:
             raise StoreError(f"{self.path}: opened read-only")
-
-    def _depth(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM readings").fetchone()[0])
 
     def pending_batch(self, max_n: int) -> Batch:
         """The ``max_n`` oldest pending readings, oldest first."""
@@ -712,6 +717,7 @@ class SqliteStore:
             ).rowcount
         self._db.execute("COMMIT")
         self._bytes -= freed
+        self._pending -= deleted
         return deleted
 
     def read(self, since_seq: int = 0, max_n: int = 1000) -> list[StoredReading]:
@@ -742,24 +748,19 @@ class SqliteStore:
         now = now or self._clock()
         with self._lock:
             db = self._db
-            depth, oldest, newest = db.execute(
-                "SELECT count(*), min(seq), max(seq) FROM readings"
-            ).fetchone()
+            if self._readonly:  # another process writes: count afresh
+                self._pending, self._bytes = self._count()
+            oldest = db.execute("SELECT min(seq) FROM readings").fetchone()[0]
+            newest = db.execute("SELECT max(seq) FROM readings").fetchone()[0]
             oldest_time = None
             if oldest is not None:
-                us = db.execute("SELECT logger_us FROM readings WHERE seq=?", (oldest,)).fetchone()[
-                    0
-                ]
-                oldest_time = _from_us(int(us))
+                us = db.execute("SELECT logger_us FROM readings WHERE seq=?", (oldest,))
+                oldest_time = _from_us(int(us.fetchone()[0]))
             lost = int(self._meta("lost_total")) + sum(x.count for x in self._unflushed)
             records = int(db.execute("SELECT count(*) FROM losses").fetchone()[0])
-            if self._readonly:
-                self._bytes = int(
-                    db.execute("SELECT coalesce(sum(size), 0) FROM readings").fetchone()[0]
-                )
             return StoreStats(
                 epoch=self._epoch,
-                depth=int(depth),
+                depth=self._pending,
                 bytes=self._bytes,
                 oldest_seq=oldest,
                 newest_seq=newest,
@@ -787,6 +788,7 @@ class SqliteStore:
                 raise StoreError(f"{self.path}: applying limits failed: {exc}") from exc
             self._unflushed.clear()
             self._bytes -= plan.dropped_bytes
+            self._pending -= plan.dropped_count
             return tuple(losses)
 
     def integrity_check(self) -> str:
