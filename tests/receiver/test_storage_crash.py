@@ -54,7 +54,8 @@ def _stored_batches(url: str) -> Counter[int]:
 
 
 def test_sigkill_during_pushes_loses_no_acknowledged_batch(storage_url: str) -> None:
-    rng = random.Random(int.from_bytes(os.urandom(4), "big"))
+    seed = int.from_bytes(os.urandom(4), "big")
+    rng = random.Random(seed)
     root = Path(__file__).resolve().parents[2]
     acknowledged: set[int] = set()
     first = 0
@@ -70,7 +71,7 @@ def test_sigkill_during_pushes_loses_no_acknowledged_batch(storage_url: str) -> 
         wanted = rng.randint(1, 4)
         for _ in range(wanted):
             line = child.stdout.readline()
-            assert line, f"the pushing process died early (exit {child.poll()})"
+            assert line, f"the pushing process died early (exit {child.poll()}, seed {seed})"
             acknowledged.add(int(line))
         # Kill somewhere inside the next push: right away, or after part of its work.
         if rng.random() < 0.7:
@@ -84,7 +85,8 @@ def test_sigkill_during_pushes_loses_no_acknowledged_batch(storage_url: str) -> 
         acknowledged.update(int(x) for x in child.stdout.read().split())
         child.stdout.close()
         stored = _stored_batches(storage_url)
-        assert acknowledged <= set(stored), f"acknowledged but lost: {acknowledged - set(stored)}"
+        lost = acknowledged - set(stored)
+        assert not lost, f"acknowledged but lost: {lost} (seed {seed})"
         partial = {k: n for k, n in stored.items() if n != BATCH}
-        assert not partial, f"batches stored in part: {partial}"
+        assert not partial, f"batches stored in part: {partial} (seed {seed})"
         first = max(stored) + 1
