@@ -53,6 +53,9 @@ _LOGGER = logging.getLogger(__name__)
 MAX_NAP_S = 1.0
 """Longest sleep between two looks at the clock (jump detection, stop, reload, heartbeat)."""
 
+CLOSE_TIMEOUT_S = 30.0
+"""How long closing a lane may wait for the read it is in the middle of."""
+
 CLOCK_JUMP_THRESHOLD_S = 5.0
 """Wall-clock and monotonic progress differing by more than this is a clock jump."""
 
@@ -260,6 +263,7 @@ class Poller:
         self._ticks: set[asyncio.Task[TickReport]] = set()
         self._in_flight: set[str] = set()
         self._failed: list[asyncio.Task[TickReport]] = []
+        self._lane_jobs: dict[asyncio.Future[list[MeterOutcome]], float] = {}
         self._stop = threading.Event()  # also seen by the lane threads between meters
         self.last_tick: TickReport | None = None
         self.ticks = 0
@@ -350,7 +354,13 @@ class Poller:
         lane = self._lanes.pop(key)
         try:
             # On the lane's own thread: a transport is only ever touched by that thread.
-            lane.executor.submit(lane.reader.close).result(timeout=30)
+            lane.executor.submit(lane.reader.close).result(timeout=CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            # A read hung in the transport: leave its thread behind rather than hang the
+            # stop or the reload with it (the thread dies with the process).
+            _LOGGER.error("lane %s did not close within %.0f s; abandoned", key, CLOSE_TIMEOUT_S)
+            lane.executor.shutdown(wait=False, cancel_futures=True)
+            return
         except Exception as exc:  # closing a broken port must not stop the daemon
             _LOGGER.warning("closing lane %s: %s", key, exc)
         lane.executor.shutdown(wait=True)
@@ -368,8 +378,16 @@ class Poller:
         return self._stop.is_set()
 
     def progress_age(self) -> float:
-        """Seconds since the loop last showed it is alive (the watchdog's evidence)."""
-        return self.timer.monotonic() - self._progress
+        """How long the poller has been stuck, in seconds: since the loop last woke, or since
+        the oldest lane job still running started, whichever is longer.
+
+        Every read is bounded (timeouts, retries, quirk pauses), so a lane busy for many
+        minutes is a hung transport (a wedged USB converter, a bug); the daemon then stops
+        pinging systemd's watchdog, and the restart reopens the ports.
+        """
+        now = self.timer.monotonic()
+        oldest = min(self._lane_jobs.values(), default=now)
+        return now - min(self._progress, oldest)
 
     def _plan(self, after: datetime) -> None:
         tz = self._tz()
@@ -536,6 +554,7 @@ class Poller:
             job = loop.run_in_executor(lane.executor, self._read_lane, lane, lane_meters, synced)
             ids = {m.id for m in lane_meters}
             self._in_flight |= ids
+            self._lane_jobs[job] = self.timer.monotonic()
             # A meter is free for its next slot once its own lane is done with it, even if
             # another lane of this tick (a slow bus) has not finished yet.
             job.add_done_callback(functools.partial(self._lane_done, ids))
@@ -588,8 +607,9 @@ class Poller:
                 await result
         return report
 
-    def _lane_done(self, ids: set[str], _future: asyncio.Future[list[MeterOutcome]]) -> None:
+    def _lane_done(self, ids: set[str], future: asyncio.Future[list[MeterOutcome]]) -> None:
         self._in_flight.difference_update(ids)
+        self._lane_jobs.pop(future, None)
 
     def _read_lane(
         self, lane: _Lane, meters: Sequence[MeterConfig], synced: bool

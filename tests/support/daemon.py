@@ -51,8 +51,9 @@ def config_toml(
     clock: str = "synchronised",
     buffer: Mapping[str, Any] | None = None,
     status_file: str | None = None,
+    extra: str = "",
 ) -> str:
-    """A configuration file's text (TOML) for tests."""
+    """A configuration file's text (TOML) for tests; ``extra`` is appended as written."""
     lines = [f"default_interval = {toml_value(default_interval)}", ""]
     lines += ["[installation]", 'site = "test bench"', f"timezone = {toml_value(timezone)}"]
     lines += [f"clock = {toml_value(clock)}", "", "[paths]", f"state_dir = {toml_value(state_dir)}"]
@@ -70,7 +71,7 @@ def config_toml(
         for register in meter.get("registers", ()):
             lines += ["[[meters.registers]]"]
             lines += [f"{k} = {toml_value(v)}" for k, v in register.items()]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + extra
 
 
 def make_config(state_dir: Path, meters: Sequence[Mapping[str, Any]], **kw: Any) -> Config:
