@@ -114,7 +114,7 @@ def postgres_server(fsync: bool = True) -> Iterator[PostgresServer]:
     log = base / "server.log"
     started = False
     try:
-        subprocess.run(
+        init = subprocess.run(
             _as_owner(
                 [
                     str(initdb),
@@ -130,11 +130,13 @@ def postgres_server(fsync: bool = True) -> Iterator[PostgresServer]:
                     "--no-sync",
                 ]
             ),
-            check=True,
             capture_output=True,
             text=True,
             timeout=120,
+            cwd=base,
         )
+        if init.returncode != 0:
+            raise RuntimeError(f"initdb failed: {init.stderr.strip()}")
         last_error = ""
         for _attempt in range(5):
             port = free_port()
@@ -161,6 +163,7 @@ def postgres_server(fsync: bool = True) -> Iterator[PostgresServer]:
                 capture_output=True,
                 text=True,
                 timeout=_START_TIMEOUT_S + 10,
+                cwd=base,
             )
             if proc.returncode == 0:
                 started = True
@@ -169,14 +172,13 @@ def postgres_server(fsync: bool = True) -> Iterator[PostgresServer]:
             # Most likely another process took the port between probe and bind: try again.
             last_error = proc.stderr.strip() + "\n" + (log.read_text() if log.exists() else "")
         raise RuntimeError(f"PostgreSQL did not start: {last_error}")
-    except subprocess.CalledProcessError as exc:
-        raise RuntimeError(f"initdb failed: {exc.stderr}") from exc
     finally:
         if started:
             subprocess.run(
                 _as_owner([str(pg_ctl), "-D", str(data), "-m", "immediate", "-w", "stop"]),
                 capture_output=True,
                 timeout=60,
+                cwd=base,
             )
         shutil.rmtree(base, ignore_errors=True)
 
