@@ -28,7 +28,13 @@ from logger.poller import MAX_NAP_S, MeterReadError, Poller
 from logger.readings import Reading, ValueKind, canonical_decimal
 
 ROOT = Path(__file__).resolve().parents[2]
-MBUS_LOGGER = [sys.executable, "-m", "logger.cli"]
+_SCRIPT = Path(sys.executable).with_name("mbus-logger")
+MBUS_LOGGER = (
+    [str(_SCRIPT)]
+    if _SCRIPT.exists()
+    else [sys.executable, "-c", "import sys; from logger.cli import main; sys.exit(main())"]
+)
+"""The ``mbus-logger`` command of this environment."""
 
 
 def toml_value(value: Any) -> str:
