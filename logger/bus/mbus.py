@@ -84,7 +84,9 @@ class MBusMaster:
 
     ``timeout`` overrides the answer timeout derived from the baud rate; ``margin`` is the
     converter allowance added to it; ``idle_gap`` the pause between an answer and the next
-    request; ``quirks`` the bus-wide defaults that each read may extend.
+    request; ``quirks`` the bus-wide defaults that each read may extend. With ``hold_open``
+    False the port is opened for each procedure and closed after it, inside the port lock, so
+    other users of the same physical port (another master, Modbus RTU) can take turns.
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class MBusMaster:
         retries: int = 3,
         idle_gap: float | None = None,
         quirks: Quirks | None = None,
+        hold_open: bool = True,
     ) -> None:
         if baudrate not in frames.BAUD_RATES:
             raise BusError(f"baud rate {baudrate} not one of {frames.BAUD_RATES}")
@@ -109,6 +112,7 @@ class MBusMaster:
         self.retries = retries
         self.idle_gap = timing.idle_gap(baudrate) if idle_gap is None else idle_gap
         self.quirks = quirks or Quirks()
+        self.hold_open = hold_open
         self.stats = Stats()
         self._link = SerialLink(device, baudrate)
         self._lock = port_lock(device)
@@ -150,13 +154,18 @@ class MBusMaster:
         """Run a sans-I/O procedure to its end on this port (holding the port lock)."""
         q = quirks or self.quirks
         with self._lock:
+            opened_here = not self._link.is_open
             self._link.open()
-            link = core.MasterLink()
-            while True:
-                request = procedure.next_request()
-                if request is None:
-                    return procedure
-                procedure.on_answer(self._exchange(link, request, q))
+            try:
+                link = core.MasterLink()
+                while True:
+                    request = procedure.next_request()
+                    if request is None:
+                        return procedure
+                    procedure.on_answer(self._exchange(link, request, q))
+            finally:
+                if opened_here and not self.hold_open:
+                    self._link.close()
 
     def _exchange(self, link: core.MasterLink, request: core.Request, q: Quirks) -> core.Answer:
         baud = self._link.baudrate
@@ -194,6 +203,10 @@ class MBusMaster:
                 answer = link.receive_data(chunk)
             elif time.monotonic() >= limit:
                 answer = link.timeout()
+        if answer.kind == core.INVALID:
+            # Garbage or a collision may still be on the line: a request sent into it would
+            # be lost (half duplex). Wait until the line has been quiet for a character gap.
+            self._settle(gap, hard_stop)
         self._last_activity = time.monotonic()
         if answer.kind == core.NO_ANSWER:
             self.stats.timeouts += 1
@@ -207,6 +220,15 @@ class MBusMaster:
             else:
                 _LOGGER.debug("%s: <- %s", self.device, answer.raw.hex(" "))
         return answer
+
+    def _settle(self, gap: float, hard_stop: float) -> None:
+        quiet_until = time.monotonic() + gap
+        while True:
+            now = time.monotonic()
+            if now >= quiet_until or now >= hard_stop:
+                return
+            if self._link.read_some(min(quiet_until, hard_stop)):
+                quiet_until = time.monotonic() + gap
 
     # -- reading -----------------------------------------------------------------------------
 
