@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import signal
 import subprocess
@@ -135,7 +136,7 @@ def test_run_reports_commits_and_stops_cleanly_on_sigterm(ran_daemon: dict[str, 
     assert daemon.lines[-1].endswith("stopped")
     seqs = [(c.first, c.last) for c in daemon.commits]
     assert seqs[0][0] == 1
-    assert all(b[0] == a[1] + 1 for a, b in zip(seqs, seqs[1:], strict=False))
+    assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(seqs))
 
 
 def test_status_while_running_and_after_the_stop(
