@@ -133,7 +133,8 @@ def test_read_imports_no_asyncua_or_tpm() -> None:
         "import sys\nfrom logger.cli import main\n"
         "try:\n    main(['read', '--device', '/dev/does-not-exist', '--address', '1'])\n"
         "except SystemExit:\n    pass\n"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('asyncua', 'tpm2_pytss', 'asyncio')]\n"
+        "heavy = ('asyncua', 'tpm2_pytss', 'asyncio')\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in heavy]\n"
         "print(bad)\n"
     )
     out = subprocess.run(
