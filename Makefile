@@ -64,6 +64,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(PY) -m tests.check_boundaries
+	$(PY) -m deploy.debian.lock --check
 
 demo: setup
 	$(PY) -m hil.demo --duration $(DURATION) $(if $(DEMO_DIR),--dir $(DEMO_DIR))
@@ -81,6 +82,7 @@ lock:
 	build/lockenv/bin/pip install -q ".[receiver,dev]"
 	{ echo "# Exact versions for development, tests and CI (make test). Regenerate with 'make lock'."; \
 	  build/lockenv/bin/pip freeze --exclude mbus-ua-logger; } > requirements/dev.lock
+	$(PY) -m deploy.debian.lock
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
