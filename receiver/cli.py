@@ -29,6 +29,7 @@ import csv
 import getpass
 import json
 import os
+import re
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -211,6 +212,22 @@ def _with_storage(
         raise CliError(str(exc), PERMANENT) from exc
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Text for a terminal table: control characters escaped.
+
+    Audit details and what loggers report (location, errors) come from outside; a newline or
+    an escape sequence in them must not forge table lines or rewrite the operator's screen.
+    """
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _printable_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: printable(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows]
+
+
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.astimezone(UTC).isoformat()
 
@@ -335,7 +352,7 @@ def _devices(args: argparse.Namespace) -> int:
             "losses",
             "status",
         ]
-        print_table(rows, columns)
+        print_table(_printable_rows(rows), columns)
         return OK
 
     return _with_storage(args.db, work)
@@ -534,7 +551,8 @@ def _audit_list(args: argparse.Namespace) -> int:
         if args.format == "json":
             print_json(docs)
         else:
-            print_table(docs, ["id", "time", "event", "device", "thumbprint", "peer", "detail"])
+            columns = ["id", "time", "event", "device", "thumbprint", "peer", "detail"]
+            print_table(_printable_rows(docs), columns)
         return OK
 
     return _with_storage(args.db, work)

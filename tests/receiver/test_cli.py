@@ -287,3 +287,24 @@ def test_commands_on_postgres(postgres: PostgresServer, capsys: pytest.CaptureFi
     run(execute_raw(url, "DELETE FROM audit WHERE id = 1"))
     assert main(["audit", "verify", "--db", url]) == 1
     assert "first bad entry 1: entry 1 missing" in capsys.readouterr().out
+
+
+def test_text_tables_escape_control_characters(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # A hostile peer or logger must not forge audit lines or drive the operator's terminal.
+    async def hostile() -> None:
+        storage = await open_storage(db)
+        try:
+            await storage.audit("cert.rejected", detail="ok\n5  fake.event  \x1b[2J")
+            await storage.report_installation(DEV2, "d" * 40, "SN-2", "roof\r\nhidden", "1")
+        finally:
+            await storage.close()
+
+    run(hostile())
+    assert main(["audit", "list", "--db", db]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4  # header + 3 entries, no forged line
+    assert "ok\\x0a5  fake.event  \\x1b[2J" in lines[3]
+    assert main(["devices", "--db", db]) == 0
+    assert "roof\\x0d\\x0ahidden" in capsys.readouterr().out
+    assert main(["audit", "list", "--db", db, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[2]["detail"] == "ok\n5  fake.event  \x1b[2J"
