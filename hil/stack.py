@@ -1339,6 +1339,13 @@ class Stack:
         os.replace(tmp, path)
         return path
 
+    def processes(self) -> list[Proc]:
+        """Every process this stack runs or ran (for checks that nothing is left running)."""
+        procs = [self.swtpm.proc] if self.swtpm is not None and self.swtpm.proc else []
+        procs += [r.proc for r in self.receivers.values() if not r.external]
+        procs += [n.proc for n in self.loggers.values()]
+        return [p for p in procs if p.popen is not None]
+
     # -- teardown --------------------------------------------------------------------------
     def close(self) -> None:
         """Stop everything this stack started (loggers first, so they commit their last tick;
