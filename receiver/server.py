@@ -413,6 +413,8 @@ class ReceiverServer:
 
     async def _push_readings(self, who: Principal, args: dict[str, Any]) -> list[Any]:
         columns = {a.name: args[a.name] for a in contract.PUSH_READINGS_INPUT if a.array}
+        for name in ("SourceTime", "LoggerTime"):
+            columns[name] = [_null_time(t) for t in columns[name]]
         try:
             contract.check_push_columns(columns)
         except ValueError as exc:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -278,7 +279,7 @@ class SecureClient:
         variants = [
             a
             if isinstance(a, ua.Variant)
-            else ua.Variant(a, getattr(ua.VariantType, t), is_array=arr)
+            else ua.Variant(_null_times(a, t), getattr(ua.VariantType, t), is_array=arr)
             for a, (t, arr) in zip(args, types, strict=True)
         ]
         try:
@@ -290,6 +291,18 @@ class SecureClient:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise classify(exc, f"{obj}.{method}") from exc
+
+
+_NULL_TIME = datetime.datetime(1601, 1, 1, tzinfo=datetime.UTC)
+
+
+def _null_times(value: Any, type_name: str) -> Any:
+    """OPC UA has no null DateTime but its minimum (1601-01-01) stands for "none"."""
+    if type_name != "DateTime":
+        return value
+    if isinstance(value, list):
+        return [_NULL_TIME if v is None else v for v in value]
+    return _NULL_TIME if value is None else value
 
 
 def host_of(url: str) -> str:

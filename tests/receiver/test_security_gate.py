@@ -11,9 +11,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from asyncua import ua
+from asyncua import Client, ua
 from asyncua.crypto import security_policies as sp
 from cryptography.hazmat.primitives import serialization
 
@@ -22,7 +23,7 @@ from logger.uplink.connection import connect
 from logger.uplink.errors import CertificateRejected
 from provisioning import profile
 from receiver.server import ReceiverServer
-from tests.support.pki import TestPki
+from tests.support.pki import DeviceDir, TestPki
 from tests.support.receiver_storage import run
 from tests.support.secure_channel import (
     SharedPki,
@@ -44,11 +45,13 @@ async def _events(srv: ReceiverServer) -> list[str]:
     return [e.event for e in await srv.storage.audit_entries()]
 
 
-async def _attempt_write(client) -> None:  # type: ignore[no-untyped-def]
+async def _attempt_write(client: Client) -> None:
     """What the attacks of SECURITY.md did once inside: a session and a Write."""
     await client.connect()
     try:
-        node = client.get_node(ua.NodeId(ua.ObjectIds.Server_ServerStatus_BuildInfo_ProductName))
+        node = client.get_node(
+            ua.NodeId(ua.Int32(ua.ObjectIds.Server_ServerStatus_BuildInfo_ProductName))
+        )
         await node.write_value(ua.DataValue(ua.Variant("owned", ua.VariantType.String)))
     finally:
         await client.disconnect()
@@ -137,14 +140,14 @@ def test_the_user_manager_gate_holds_without_the_channel_gate(
 
     async def scenario() -> None:
         async with running_receiver(spki.rx, tmp_path) as srv:
-            srv._channel_gate = lambda der: None  # type: ignore[method-assign]  # noqa: SLF001
+            srv._channel_gate = lambda der: None  # type: ignore[method-assign]
             from receiver import _compat
 
             assert srv.server is not None
             _compat.gate_endpoints(srv.server, lambda der: None)
-            for p in srv.server.bserver._policies:  # type: ignore[union-attr]  # noqa: SLF001
+            for p in srv.server.bserver._policies:  # type: ignore[union-attr]
                 if isinstance(p, _compat.GatedPolicyFactory):
-                    p._gate = lambda der: None  # noqa: SLF001
+                    p._gate = lambda der: None
             client = crafted_client(
                 srv.endpoint_url, evil_cert, evil_key, spki.rx.cert, claimed_cert=trusted_der
             )
@@ -178,18 +181,17 @@ def test_only_sign_and_encrypt_endpoints_with_the_three_policies(
             )
             client.security_policy = policy  # type: ignore[assignment]
             client.uaclient.set_security(policy)
-            with pytest.raises(Exception):  # noqa: B017, PT011 - the server drops the channel
+            with pytest.raises(Exception):  # noqa: B017 - the server drops the channel
                 await _attempt_write(client)
 
     run(scenario())
 
 
-def _logger_refused(spki: SharedPki, tmp_path: Path, device, event: str) -> None:  # type: ignore[no-untyped-def]
+def _logger_refused(spki: SharedPki, tmp_path: Path, device: DeviceDir, event: str) -> None:
     async def scenario() -> None:
         async with running_receiver(spki.rx, tmp_path) as srv:
-            with open_device_key(device.state_dir) as key:
-                with pytest.raises(CertificateRejected):
-                    await connect(uplink_settings(srv.endpoint_url, device, spki.rx), key)
+            with open_device_key(device.state_dir) as key, pytest.raises(CertificateRejected):
+                await connect(uplink_settings(srv.endpoint_url, device, spki.rx), key)
             assert event in await _events(srv)
 
     run(scenario())
@@ -208,7 +210,7 @@ def test_logger_of_another_organization_is_refused(spki: SharedPki, tmp_path: Pa
     _logger_refused(spki, tmp_path, device, "cert.wrong_organization")
 
 
-def _crafted_logger(spki: SharedPki, **kw):  # type: ignore[no-untyped-def]
+def _crafted_logger(spki: SharedPki, **kw: Any) -> tuple[Any, Any]:
     return spki.pki.leaf("acme", "logger", **kw)
 
 
@@ -237,7 +239,7 @@ def test_bad_logger_certificates_are_refused_and_audited(
     async def scenario() -> None:
         async with running_receiver(spki.rx, tmp_path) as srv:
             client = crafted_client(srv.endpoint_url, cert, key, spki.rx.cert)
-            with pytest.raises(Exception):  # noqa: B017, PT011 - refused at OPN (or key too small)
+            with pytest.raises(Exception):  # noqa: B017 - refused at OPN (or key too small)
                 await _attempt_write(client)
             assert event in await _events(srv)
 

@@ -125,6 +125,7 @@ def crafted_client(
         )
     client.security_policy = policy_obj  # type: ignore[assignment]
     client.uaclient.set_security(policy_obj)
+
     async def create_session() -> Any:
         # The attacker's CreateSession: no endpoint matching, no server checks, and any
         # certificate claimed (the stock server checked only this one).
@@ -145,8 +146,8 @@ def crafted_client(
         params.RequestedSessionTimeout = 60_000
         params.MaxResponseMessageSize = 0
         response = await client.uaclient.create_session(params)
-        client._server_nonce = response.ServerNonce  # noqa: SLF001
-        client._policy_ids = response.ServerEndpoints[0].UserIdentityTokens  # noqa: SLF001
+        client._server_nonce = response.ServerNonce
+        client._policy_ids = response.ServerEndpoints[0].UserIdentityTokens
         return response
 
     client.create_session = create_session  # type: ignore[method-assign]

@@ -8,6 +8,7 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,7 @@ def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
     assert max(delays[9]) <= 60.0
 
 
-def _wait(predicate, timeout: float = 20.0) -> None:
+def _wait(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
