@@ -22,6 +22,7 @@ import http.server
 import json
 import os
 import random
+import shutil
 import threading
 import time
 from collections import Counter, defaultdict
@@ -251,7 +252,9 @@ def test_receiver_outage_and_recovery(stack: Stack) -> None:
     during = node.committed()
     wait_ticks(node, 3)
     stats = node.buffer_stats()
-    assert stats["depth"] >= node.committed() - during > 0, "nothing buffered during the outage"
+    grown = int(stats["next_seq"]) - 1 - during
+    assert grown > 0, "nothing was taken during the outage"
+    assert stats["depth"] >= grown, "readings taken during the outage left the buffer"
     assert node.alive
     receiver.start()
     target = node.committed() + 100  # the backlog and live readings after the restart
@@ -480,20 +483,27 @@ def test_logger_of_the_wrong_organization(stack: Stack) -> None:
     stranger = stack.add_logger("SN-0666", org="globex")
     stranger.wait_readings(1)
     if CAPS.uplink_check:
+        # Its own trust list has only its organization's CA: it refuses the receiver first.
         check = stranger.uplink_check()
         assert check.returncode == 4, (check.returncode, check.stdout, check.stderr)
-        wait_until(
-            "the refusal in the audit log",
+        # Even if it trusted this receiver (copied CA files: misconfiguration or an attacker),
+        # the receiver refuses it on its own and audits the refusal.
+        for sub in ("trust", "crl"):
+            for pem in (stack.receiver.dir / sub).glob("*.pem"):
+                shutil.copy(pem, stranger.state_dir / sub / pem.name)
+        check = stranger.uplink_check()
+        assert check.returncode == 4, (check.returncode, check.stdout, check.stderr)
+        refusals = wait_until(
+            "the refusal in the receiver's audit log",
             lambda: [
-                e
-                for e in stack.receiver.audit_events()
-                if e.device_uri == stranger.application_uri
-                or stranger.serial in e.detail
-                or "globex" in e.detail
+                e for e in stack.receiver.audit_events() if e.device_uri == stranger.application_uri
             ],
             15.0,
             0.5,
         )
+        assert any("organization" in (e.event + e.detail) for e in refusals), [
+            (e.event, e.detail) for e in refusals
+        ]
     before = stranger.committed()
     wait_ticks(stranger, 2)
     assert stranger.alive and stranger.committed() > before
