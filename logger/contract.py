@@ -118,6 +118,12 @@ REPORT_STATUS_INPUT = (
     Argument("MeterFailures", "UInt32", True, "consecutive failed polls"),
     Argument("MeterLastSuccess", "DateTime", True, "last successful poll (null: never)"),
     Argument("MeterLastError", "String", True, "last error text (empty: none)"),
+    Argument(
+        "ConfigProblem",
+        "String",
+        False,
+        "why the current cloud configuration was refused (empty: none refused)",
+    ),
 )
 REPORT_STATUS_OUTPUT: tuple[Argument, ...] = ()
 
