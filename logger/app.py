@@ -638,7 +638,8 @@ class Daemon:
                 _LOGGER.error("buffer statistics unavailable: %s", exc)
                 stats = None
             doc = self.status_document(stats, state)
-            data = json.dumps(doc, indent=1).encode() + b"\n"
+            # Compact: rewritten every tick, pretty-printed by `mbus-logger status`.
+            data = json.dumps(doc, separators=(",", ":")).encode() + b"\n"
             try:
                 path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 write_atomic(path, data)

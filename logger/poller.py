@@ -442,7 +442,7 @@ class Poller:
                 self._raise_failed_tick()
                 if self._pending_config is not None:
                     if self._ticks:  # lanes are rebuilt between ticks, never under one
-                        await asyncio.wait(set(self._ticks))
+                        await self.wait_idle()
                         continue
                     self._apply_pending()
                     self._plan(self.timer.now())
@@ -470,8 +470,7 @@ class Poller:
                 self._reschedule(due, tick, now)
                 if ready:
                     self._start_tick(ready, tick)
-            if self._ticks:
-                await asyncio.wait(set(self._ticks))
+            await self.wait_idle()
             self._raise_failed_tick()
         finally:
             for task in self._ticks:
@@ -503,6 +502,11 @@ class Poller:
     def busy(self) -> bool:
         """A tick is in flight."""
         return bool(self._ticks)
+
+    async def wait_idle(self) -> None:
+        """Return once no tick is in flight (they have committed or failed)."""
+        while self._ticks:
+            await asyncio.wait(set(self._ticks))
 
     def _skipped(self, meter: MeterConfig, slots: int, why: str) -> None:
         health = self.health.get(meter.id)
