@@ -158,7 +158,7 @@ def test_operators_browse_loggers_meters_and_latest_exact_values(
             assert dp.address_space is not None
             client = await _operator(srv.endpoint_url, spki)
             try:
-                newest = {f"r{s % 4}": i for i, s in enumerate(second["Sequence"])}
+                newest = {f"r{int(str(s)) % 4}": i for i, s in enumerate(second["Sequence"])}
                 for record, i in newest.items():
                     node = await _browse_value(client, [uri, "Meters", "m1", record])
                     data = await node.read_data_value()
@@ -178,7 +178,7 @@ def test_operators_browse_loggers_meters_and_latest_exact_values(
                     )
                     value = await double.read_value()
                     text = second["Value"][i]
-                    assert (math.isnan(value) and text == "text value") or value == float(text)
+                    assert (math.isnan(value) and text == "text value") or value == float(str(text))
                 location = await _browse_value(client, [uri, "Location"])
                 assert await location.read_value() == "Boiler room 2"
                 depth = await _browse_value(client, [uri, "BufferDepth"])
@@ -238,7 +238,7 @@ def test_a_refused_configuration_is_reported_and_audited_once(
                 got = await conn.call(contract.GET_CONFIGURATION, 0)
                 assert got[0] == version and '"meters"' in got[1]
                 assert await conn.call(contract.GET_CONFIGURATION, version) == [version, ""]
-                status = (0, 0.0, 0, 900, 0, [], [], [], [], [])
+                status: tuple[object, ...] = (0, 0.0, 0, 900, 0, [], [], [], [], [])
                 for _ in range(3):
                     await conn.call(contract.REPORT_STATUS, *status, "version 1 refused: bus x")
             refused = [e for e in await storage.audit_entries() if e.event == "config.refused"]
