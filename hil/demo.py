@@ -22,6 +22,7 @@ import argparse
 import datetime as dt
 import json
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -103,7 +104,10 @@ class Watcher:
         )
         uplink = (status.get("services") or {}).get("uplink")
         if isinstance(uplink, dict):
-            view.uplink = str(uplink.get("state") or uplink.get("status") or "")
+            connection = uplink.get("connection") or {}
+            view.uplink = str(connection.get("state") or "")
+            if connection.get("error_kind"):
+                view.uplink += f" ({connection['error_kind']})"
         if self.data_path:
             self._from_receiver(view)
         else:
@@ -259,15 +263,23 @@ def banner(stack: Stack, out: TextIO) -> None:
 def interactive(stack: Stack, watcher: Watcher, out: TextIO) -> int:
     started = time.monotonic()
     tty = out.isatty()
+    if not tty:
+        # Not a terminal (a log, a pipe): progress lines instead of a refreshing screen.
+        try:
+            while True:
+                print(progress(watcher.view(), time.monotonic() - started), file=out, flush=True)
+                time.sleep(PROGRESS_EVERY_S)
+        except KeyboardInterrupt:
+            print("stopping…", file=out)
+            return 0
     try:
         while True:
             view = watcher.view()
             lines = [f"readings at the {view.source} (Ctrl-C stops)", ""]
             lines += table(view.rows)
             lines += ["", progress(view, time.monotonic() - started)]
-            if tty:
-                out.write("\x1b[H\x1b[J")  # home, clear to the end
-                banner(stack, out)
+            out.write("\x1b[H\x1b[J")  # home, clear to the end
+            banner(stack, out)
             out.write("\n".join(lines) + "\n")
             out.flush()
             time.sleep(REFRESH_S)
@@ -355,8 +367,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     args = parse(argv)
+    # Ctrl-C, a closed terminal and a plain kill all stop the stack in order (a process
+    # started in the background may inherit SIGINT ignored; SIGTERM would skip the cleanup).
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     if args.dir is not None:
         if args.dir.exists() and any(args.dir.iterdir()):
             print(

@@ -1158,8 +1158,10 @@ class Stack:
         self.logs = self.root / "logs"
         self.swtpm: Swtpm | None = None
         self.tcti = self.bench.tcti or ""
+        # An outside PKI (MBUS_HIL_PKI) is opened with the operator's own passphrase.
+        passphrase = os.environ.get("MBUS_PKI_PASSPHRASE", "") if self.bench.pki else PKI_PASSPHRASE
         self.provisioning = Provisioning(
-            self.bench.pki or self.root / "pki", self.logs / "provision.log"
+            self.bench.pki or self.root / "pki", self.logs / "provision.log", passphrase
         )
         self.receivers: dict[str, ReceiverNode] = {}
         self.loggers: dict[str, LoggerNode] = {}
