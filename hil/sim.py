@@ -168,6 +168,8 @@ class SimLine:
         self._slave_fd = -1
         self._wake_r = -1
         self._wake_w = -1
+        self._wire_free = 0.0  # when the master's last request has crossed the wire
+        self._busy_until = 0.0  # when the last answer has left
         self.path = ""
         for meter in self.meters:
             meter.bind(baudrate)
@@ -260,14 +262,22 @@ class SimLine:
                     frame = scanner.next_frame()
                     if frame is None:
                         break
-                    self._request(frame, arrived)
+                    # Frames of one write follow each other on the wire.
+                    start = max(arrived, self._wire_free)
+                    baud = max(self._line_baudrate(), 1)
+                    self._wire_free = start + frame.length * 11.0 / baud
+                    if start < self._busy_until:
+                        # Sent while a meter was still answering the previous request.
+                        self.ignored += 1
+                        _LOGGER.debug("request during an answer: not understood")
+                        continue
+                    self._request(frame, self._wire_free)
         except Exception:  # the test sees the thread die in the log, not a hang
             _LOGGER.exception("simulated line %s failed", self.path)
             raise
 
-    def _request(self, frame: frames.Frame, arrived: float) -> None:
+    def _request(self, frame: frames.Frame, heard: float) -> None:
         baud = self._line_baudrate()
-        heard = arrived + frame.length * 11.0 / max(baud, 1)
         answers: list[_Answer] = []
         with self._lock:
             for meter in self.meters:
@@ -330,6 +340,7 @@ class SimLine:
             self._wait_until(begin + (sent + n) * 11.0 / baud)
             os.write(self._master_fd, data[sent : sent + n])
             sent += n
+        self._busy_until = time.monotonic()
 
     def _wait_until(self, when: float) -> None:
         while True:

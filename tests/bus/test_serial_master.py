@@ -157,7 +157,7 @@ def test_primary_and_secondary_scan_on_a_pty() -> None:
         MBusMaster(line.path, 38400, timeout=0.04) as bus,
     ):
         found, procedure = bus.scan_secondary()
-    assert sorted(e.secondary for e in found) == sorted(m.secondary for m in line.meters)
+    assert sorted(str(e.secondary) for e in found) == sorted(m.secondary for m in line.meters)
     assert procedure.selects < 185
 
 

@@ -76,9 +76,10 @@ def test_echo_is_dropped_and_answer_follows() -> None:
 
 
 def test_ack_byte_by_byte_and_noise_before_ack_is_a_collision() -> None:
-    assert _link(master.EXPECT_ACK).receive_data(b"\xe5").kind == master.ACK
+    ack = _link(master.EXPECT_ACK).receive_data(b"\xe5")
+    assert ack is not None and ack.kind == master.ACK
     answer = _link(master.EXPECT_ACK).receive_data(b"\x37\xe5")
-    assert answer.kind == master.INVALID and "collision" in answer.reason
+    assert answer is not None and answer.kind == master.INVALID and "collision" in answer.reason
 
 
 def test_bad_checksum_is_reported_without_waiting() -> None:
@@ -98,7 +99,9 @@ def test_truncated_answer_named_on_timeout() -> None:
 
 def test_ack_where_data_expected_is_invalid() -> None:
     answer = _link(master.EXPECT_RSP).receive_data(b"\xe5")
-    assert answer.kind == master.INVALID and "expected RSP_UD" in answer.reason
+    assert (
+        answer is not None and answer.kind == master.INVALID and "expected RSP_UD" in answer.reason
+    )
 
 
 def test_silence_is_no_answer() -> None:
@@ -197,7 +200,7 @@ class _Renamed(slave.Segment):
         answer = super().handle(frame)
         if answer is not None and len(answer) > 5:
             parsed = frames.parse_frame(answer)
-            return frames.rsp_ud(self.wrong, parsed.ci, parsed.data)
+            return frames.rsp_ud(self.wrong, int(parsed.ci or 0), parsed.data)
         return answer
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from logger.mbus import master, slave
 
@@ -39,13 +40,16 @@ class Trace:
         self.answers: list[bytes | None] = []
 
 
+P = TypeVar("P", bound=master.Procedure)
+
+
 def run(
-    procedure: master.Procedure,
+    procedure: P,
     segment: slave.Segment,
     lose: Callable[[int], bool] | None = None,
     trace: Trace | None = None,
     limit: int = 100_000,
-) -> master.Procedure:
+) -> P:
     link = master.MasterLink()
     for n in range(limit):
         request = procedure.next_request()
