@@ -155,12 +155,17 @@ def clock_check(mode: str) -> Callable[[], bool]:
 
 
 class MBusReader:
-    """The meters of one M-Bus bus: read-outs by the serial master, decoded to readings."""
+    """The meters of one M-Bus bus: read-outs by the serial master, decoded to readings.
+
+    ``logger.bus`` (pyserial) is imported here, when a bus is first used, so the commands
+    that only read the status or the buffer never load it.
+    """
 
     def __init__(self, bus_name: str, config: Config) -> None:
         from logger.bus import BusError, MBusMaster, Quirks
 
         bus = config.bus(bus_name)
+        self._name = bus_name
         try:
             self._master = MBusMaster(
                 bus.device,
@@ -172,22 +177,20 @@ class MBusReader:
             )
         except (BusError, ValueError) as exc:
             raise MeterReadError(f"bus {bus_name} ({bus.device}): {exc}") from exc
-        self._bus_errors = (BusError, ValueError)
-        self._quirks_type = Quirks
-        self._name = bus_name
 
     def read(self, meter: MeterConfig, logger_time: datetime, clock_synced: bool) -> list[Reading]:
+        from logger.bus import BusError, Quirks
         from logger.mbus import MBusError, decode
 
         options: dict[str, Any] = dict(meter.quirks.values)
         if meter.timeout_s is not None:
             options.setdefault("timeout", meter.timeout_s)
         try:
-            quirks = self._quirks_type.from_mapping(options) if options else None
+            quirks = Quirks.from_mapping(options) if options else None
             result = self._master.read(
                 address=meter.primary_address, secondary=meter.secondary_address, quirks=quirks
             )
-        except self._bus_errors as exc:
+        except (BusError, ValueError) as exc:
             self._master.close()  # reopened at the next read (a replugged converter)
             raise MeterReadError(f"meter {meter.id} on bus {self._name}: {exc}") from exc
         if not result.ok:

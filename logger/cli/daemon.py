@@ -136,9 +136,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                 }
             )
         else:
-            for problem in exc.problems:
-                print(problem, file=sys.stderr)
-            print(f"{args.file}: {len(exc.problems)} problem(s)", file=sys.stderr)
+            print(exc, file=sys.stderr)  # "FILE: N problem(s)" then one line per problem
         return USAGE
     summary = _config_summary(config)
     if args.format == "json":
@@ -374,7 +372,7 @@ def cmd_buffer_stats(args: argparse.Namespace) -> int:
 EXPORT_FIELDS = (
     "epoch",
     "seq",
-    "meter",
+    "meter_id",
     "key",
     "quantity",
     "unit",
@@ -396,7 +394,7 @@ def export_row(epoch: str, item: StoredReading) -> dict[str, Any]:
     return {
         "epoch": epoch,
         "seq": item.seq,
-        "meter": r.meter_id,
+        "meter_id": r.meter_id,
         "key": r.key,
         "quantity": r.quantity,
         "unit": r.unit,
