@@ -244,3 +244,22 @@ def test_several_lines_in_one_process() -> None:
     ):
         assert all(r.ok for r in bus_a.read_many([1, 2]))
         assert all(r.ok for r in bus_b.read_many([10, 11]))
+
+
+def test_full_primary_scan_finds_exactly_the_meters_within_the_timeout_bound() -> None:
+    from hil.sim import SimLine
+
+    meters, _ = scenarios.build("three")
+    timeout = 0.03
+    with (
+        SimLine(meters, 38400, 0.003) as line,
+        MBusMaster(line.path, 38400, timeout=timeout) as bus,
+    ):
+        started = time.monotonic()
+        entries = bus.scan_primary()
+        wall = time.monotonic() - started
+    assert [(e.address, e.secondary) for e in entries] == [
+        (m.address, m.secondary) for m in line.meters
+    ]
+    bound = 248 * (timeout + timing.wire_time(5, 38400)) + bus.stats.wire_bound(38400, 0.003)
+    assert bound <= wall < bound * 1.15

@@ -223,3 +223,32 @@ def test_command_retries_then_fails_and_broadcast_needs_no_answer() -> None:
     assert cmd.error == "nke 3: no answer after 2 attempts"
     cmd = run(master.Command(frames.snd_nke(255), "bc", expect=master.EXPECT_NONE), segment)
     assert cmd.error is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    losses=st.sets(st.integers(0, 40), max_size=12),
+    secondary=st.booleans(),
+)
+def test_readout_survives_any_pattern_of_lost_answers(losses: set[int], secondary: bool) -> None:
+    """Whatever answers get lost, as long as no request loses more than ``retries`` answers in
+    a row, the read-out yields exactly the meter's telegrams in order (the FCB repeat rule);
+    otherwise it fails with an error and never returns a wrong or reordered telegram."""
+    meter = slave.Slave.from_frames(9, jmbus_frames(ABB_A41))
+    segment = slave.Segment([meter])
+    procedure = (
+        master.ReadOut(secondary=meter.secondary, retries=2)
+        if secondary
+        else master.ReadOut(address=9, retries=2)
+    )
+    result = run(procedure, segment, lose=lambda n: n in losses)
+    expected = jmbus_frames(ABB_A41)
+    assert result.telegrams == expected[: len(result.telegrams)]
+    longest_run = run_length = 0
+    for n in range(60):
+        run_length = run_length + 1 if n in losses else 0
+        longest_run = max(longest_run, run_length)
+    if longest_run <= 2:
+        assert result.error is None and result.telegrams == expected
+    else:
+        assert result.error is not None or result.telegrams == expected
