@@ -478,11 +478,10 @@ class Poller:
             await self.aclose()
 
     def _start_tick(self, meters: Sequence[MeterConfig], tick: datetime) -> None:
-        ids = {m.id for m in meters}
-
+        # Meters are marked in flight per lane (poll_tick), and freed when their lane is done,
+        # not when the whole tick is: by then a meter may already be in a newer tick.
         def done(task: asyncio.Task[TickReport]) -> None:
             self._ticks.discard(task)
-            self._in_flight -= ids
             if not task.cancelled() and task.exception() is not None:
                 self._failed.append(task)
                 self._wake.set()
