@@ -435,3 +435,56 @@ def test_modbus_reader_reads_a_simulated_tcp_meter_exactly(tmp_path: Path) -> No
         finally:
             reader.close()
     assert {r.key: r.value for r in readings} == values
+
+
+def test_modbus_reader_reads_a_simulated_rtu_meter_on_its_bus(tmp_path: Path) -> None:
+    with ModbusSim(PROFILES["abb_b23"], unit_id=5, rtu=True) as sim:
+        config = make_config(
+            tmp_path,
+            [
+                {
+                    "id": "abb",
+                    "kind": "modbus_rtu",
+                    "bus": "rs485",
+                    "unit_id": 5,
+                    "profile": "abb_b23",
+                }
+            ],
+            buses={
+                "rs485": {
+                    "kind": "modbus_rtu",
+                    "device": sim.device,
+                    "baud_rate": 9600,
+                    "parity": "N",
+                    "timeout": "500ms",
+                }
+            },
+        )
+        reader = build_reader("bus:rs485", config)
+        try:
+            readings = reader.read(config.meter("abb"), datetime.now(UTC), True)
+            values = sim.values()
+        finally:
+            reader.close()
+    assert {r.key: r.value for r in readings} == values
+
+
+def test_a_stopped_daemon_leaves_no_threads_behind(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path / "logger.toml",
+        tmp_path / "state",
+        [tcp_meter("a", "1s"), tcp_meter("b", "1s", host="other.invalid:502")],
+    )
+    before = set(threading.enumerate())
+    daemon = Daemon(path, load_config(path), reader_factory=FakeMeters(), notify=SdNotify(""))
+
+    async def main() -> None:
+        task = asyncio.create_task(daemon.run())
+        while daemon.poller is None or daemon.poller.ticks < 2:
+            await asyncio.sleep(0.02)
+        daemon.stop()
+        await task
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+    left = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert left == []

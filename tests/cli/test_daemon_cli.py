@@ -198,3 +198,19 @@ def test_sigint_stops_like_sigterm(tmp_path: Path) -> None:
         daemon.wait_line("started: 0 meters")
         daemon.signal(signal.SIGINT)
         assert daemon.stop() == 0
+
+
+def test_status_of_a_killed_daemon_says_not_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "logger.toml"
+    config.write_text(config_toml(tmp_path / "state", []))
+    with DaemonProcess(config) as daemon:
+        daemon.wait_line("started: 0 meters")
+        daemon.kill()
+    # The file still says "running" (SIGKILL leaves no time to say otherwise): the pid decides.
+    doc = json.loads((tmp_path / "state" / "status.json").read_text())
+    assert doc["state"] == "running"
+    code, out, _ = cli(capsys, "status", "--config", str(config), "--format", "json")
+    shown = json.loads(out)
+    assert code == 1 and shown["running"] is False
