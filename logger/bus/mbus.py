@@ -311,7 +311,7 @@ class MBusMaster:
     def scan_primary(self, addresses: Sequence[int] | None = None) -> list[ScanEntry]:
         """Ping every primary address (0-250 by default); the meters that answered."""
         procedure = scan_core.PrimaryScan(list(addresses) if addresses is not None else None)
-        self.run(procedure, Quirks(retries=0))
+        self.run(procedure)
         return [
             ScanEntry(a, core.secondary_of(f), f.encode() if f is not None else None, err)
             for a, f, err in procedure.found

@@ -413,12 +413,13 @@ def _what(answer: Answer) -> str:
 class ReadOut(Procedure):
     """Complete read-out of one meter, by primary address or by secondary select.
 
-    Sequence: SND_NKE (unless ``reset`` is False), optional pause (quirk), secondary select
-    (CI 0x52, which also resets the meter's FCB), then REQ_UD2 with FCB=1, 0, 1, ... while each
-    telegram ends with DIF 0x1F, at most ``max_telegrams``. Every request is retried up to
-    ``retries`` times; a REQ_UD2 retry keeps the FCB, so a meter whose answer was lost repeats
-    that telegram instead of skipping to the next one. ``telegrams`` holds the frames received
-    (full bytes), ``complete`` says the last one did not announce more.
+    Sequence: SND_NKE (unless ``reset`` is False) or, by secondary address, a select (CI 0x52,
+    which also resets the meter's FCB), an optional pause (quirk), then REQ_UD2 with FCB=1,
+    0, 1, ... while each telegram ends with DIF 0x1F, at most ``max_telegrams``. Every
+    request is retried up to ``retries`` times; a REQ_UD2 retry keeps the FCB, so a meter
+    whose answer was lost repeats that telegram instead of skipping to the next one.
+    ``telegrams`` holds the frames received (full bytes), ``complete`` says the last one did
+    not announce more.
     """
 
     __slots__ = (
@@ -499,15 +500,14 @@ class ReadOut(Procedure):
         step = self._step
         if step == self.STEP_RESET:
             return Request(frames.snd_nke(int(self.address or 0)), EXPECT_ACK, "SND_NKE")
-        pause = self.pause_after_reset if self.reset and not self.telegrams else 0.0
         if step == self.STEP_SELECT:
-            return Request(
-                frames.select_secondary(str(self.secondary)), EXPECT_ACK, "select", pause
-            )
+            return Request(frames.select_secondary(str(self.secondary)), EXPECT_ACK, "select")
         address = frames.ADDR_SELECTED if self.address is None else self.address
         label = "REQ_UD2 FCB=%d" % (1 if self._fcb else 0)
-        if self._tries or self.telegrams:
-            pause = 0.0
+        # The quirk pause sits between the reset (SND_NKE or select) and the first REQ_UD2.
+        pause = 0.0
+        if not self.telegrams and not self._tries and (self.reset or self.secondary):
+            pause = self.pause_after_reset
         return Request(frames.req_ud2(address, fcb=self._fcb), EXPECT_RSP, label, pause)
 
     def _answer(self, request: Request, answer: Answer) -> None:

@@ -209,3 +209,12 @@ def test_async_reads_never_block_the_event_loop() -> None:
     oks, worst = asyncio.run(main())
     assert oks == [True, True, True]
     assert worst < 0.05
+
+
+def test_pause_after_nke_quirk_waits_before_the_first_request() -> None:
+    with corpus_line(1, BAUD) as line, MBusMaster(line.path, BAUD) as bus:
+        result = bus.read(address=1, quirks=Quirks(pause_after_nke=0.3))
+        ack, rsp = line.served
+    assert result.ok
+    assert (ack["kind"], rsp["kind"]) == ("ack", "rsp_ud")
+    assert rsp["t"] - ack["t"] >= 0.3
