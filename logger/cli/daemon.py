@@ -180,8 +180,13 @@ def _pid_alive(pid: object) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # alive, owned by another user (the service account)
-    return True
+        pass  # alive, owned by another user (the service account)
+    # A pid is reused after a crash: make sure it is still a daemon ("... run --config ...").
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc (or hidden by hidepid): trust the signal check
+    return b"run" in argv
 
 
 def _parse_time(text: object) -> datetime | None:
