@@ -214,3 +214,27 @@ def test_status_of_a_killed_daemon_says_not_running(
     code, out, _ = cli(capsys, "status", "--config", str(config), "--format", "json")
     shown = json.loads(out)
     assert code == 1 and shown["running"] is False
+
+
+def test_run_refuses_a_buffer_from_a_newer_version(tmp_path: Path) -> None:
+    import sqlite3
+
+    state = tmp_path / "state"
+    state.mkdir()
+    db = sqlite3.connect(state / "buffer.db")
+    db.execute("CREATE TABLE future (x)")
+    db.execute("PRAGMA user_version = 99")
+    db.commit()
+    db.close()
+    config = tmp_path / "logger.toml"
+    config.write_text(config_toml(state, []))
+    proc = subprocess.run(
+        [*MBUS_LOGGER, "run", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 4
+    assert "schema version 99 is newer" in proc.stderr
+    assert sqlite3.connect(state / "buffer.db").execute("PRAGMA user_version").fetchone()[0] == 99
