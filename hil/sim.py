@@ -392,6 +392,27 @@ class SimLine:
             self._log.flush()
 
 
+def parse_fault(text: str) -> tuple[int, Faults]:
+    """``ADDRESS:NAME[=VALUE][,count=N]`` (``12:late=1.5``, ``13:garbage,count=2``)."""
+    try:
+        address_text, _, spec = text.partition(":")
+        address = int(address_text)
+        parts = spec.split(",")
+        name, _, value = parts[0].partition("=")
+        options: dict[str, Any] = {}
+        if name not in FAULTS:
+            raise ValueError(f"unknown fault {name!r} (known: {', '.join(FAULTS)})")
+        options[name] = float(value or 1.0) if name == "late" else True
+        for extra in parts[1:]:
+            key, _, count = extra.partition("=")
+            if key != "count":
+                raise ValueError(f"unknown fault option {key!r}")
+            options["count"] = int(count)
+    except ValueError as exc:
+        raise ValueError(f"--fault {text!r}: {exc}") from None
+    return address, Faults(**options)
+
+
 def describe(line: SimLine) -> dict[str, Any]:
     """What a line simulates, as printed by ``--describe`` and used by tests in other
     processes."""
@@ -425,6 +446,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=0.030, help="response delay (s)")
     parser.add_argument("--count", type=int, default=None, help="number of meters, if variable")
     parser.add_argument("--echo", action="store_true", help="echo the master's bytes")
+    parser.add_argument(
+        "--garble-collisions",
+        action="store_true",
+        help="meters answering a select together garble their E5 (default: one clean E5)",
+    )
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="ADDR:NAME[=V][,count=N]",
+        help=f"a meter's fault: {', '.join(FAULTS)} (late=SECONDS); repeatable",
+    )
     parser.add_argument("--log", help="append one JSON line per answer served to this file")
     parser.add_argument("--link", help="also make this symlink to the device")
     parser.add_argument(
@@ -440,7 +473,20 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyError, ValueError) as exc:
         print(f"hil.sim: {exc}", file=sys.stderr)
         return 2
+    try:
+        faults = [parse_fault(text) for text in args.fault]
+    except ValueError as exc:
+        print(f"hil.sim: {exc}", file=sys.stderr)
+        return 2
+    if args.garble_collisions:
+        options["garble_collisions"] = True
     line = SimLine(meters, args.baudrate, args.delay, echo=args.echo, log=args.log, **options)
+    for address, fault in faults:
+        try:
+            line.set_faults(address, fault)
+        except KeyError as exc:
+            print(f"hil.sim: {exc.args[0]}", file=sys.stderr)
+            return 2
     line.start()
     if args.link:
         link = Path(args.link)

@@ -263,3 +263,41 @@ def test_full_primary_scan_finds_exactly_the_meters_within_the_timeout_bound() -
     ]
     bound = 248 * (timeout + timing.wire_time(5, 38400)) + bus.stats.wire_bound(38400, 0.003)
     assert bound <= wall < bound * 1.15
+
+
+def test_faults_from_the_command_line(tmp_path: Path) -> None:
+    from hil.sim import Faults, parse_fault
+
+    assert parse_fault("12:late=1.5") == (12, Faults(late=1.5))
+    assert parse_fault("13:garbage,count=2") == (13, Faults(garbage=True, count=2))
+    with pytest.raises(ValueError, match="unknown fault 'loud'"):
+        parse_fault("1:loud")
+    with sim_process(
+        tmp_path,
+        "corpus",
+        "--count",
+        "2",
+        "--baudrate",
+        "19200",
+        "--fault",
+        "2:silence",
+        "--fault",
+        "1:bad_checksum,count=1",
+    ) as sim:
+        proc = mbus_logger(
+            "read",
+            "--device",
+            sim.path,
+            "--baudrate",
+            "19200",
+            "--address",
+            "1,2",
+            "--format",
+            "json",
+            "--retries",
+            "1",
+        )
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 1
+    assert [d["ok"] for d in doc] == [True, False]
+    assert [m["faults"] is not None for m in sim.described["meters"]] == [True, True]
