@@ -318,10 +318,12 @@ class MBusMaster:
         ]
 
     def scan_secondary(
-        self, mask: str = "FFFFFFFFFFFFFFFF"
+        self, mask: str = "FFFFFFFFFFFFFFFF", hex_ids: bool = False
     ) -> tuple[list[ScanEntry], scan_core.SecondaryScan]:
-        """Wildcard scan; the meters found and the procedure (selects, probes, duplicates)."""
-        procedure = scan_core.SecondaryScan(mask)
+        """Wildcard scan; the meters found and the procedure (selects, probes, duplicates).
+
+        ``hex_ids`` also tries hex digits in identification numbers (non-BCD meters)."""
+        procedure = scan_core.SecondaryScan(mask, hex_ids=hex_ids)
         self.run(procedure)
         entries = [
             ScanEntry(f.a if f is not None else None, sec, f.encode() if f is not None else None)

@@ -48,6 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="secondary scan: only addresses matching this 16-digit mask (F = any digit)",
     )
     scan.add_argument(
+        "--hex-ids",
+        action="store_true",
+        help="secondary scan: also try hex digits A-E in identification numbers (slower)",
+    )
+    scan.add_argument(
         "--addresses",
         default="0-250",
         help="primary scan: addresses to try, e.g. 0-250 or 1,5,10-20 (default 0-250)",
@@ -209,7 +214,7 @@ def run_scan(args: argparse.Namespace) -> int:
                 mask = args.mask.upper()
                 if len(mask) != 16 or any(ch not in "0123456789ABCDEF" for ch in mask):
                     raise CliError(f"--mask {args.mask!r} must be 16 hex digits", USAGE)
-                entries, procedure = master.scan_secondary(mask)
+                entries, procedure = master.scan_secondary(mask, hex_ids=args.hex_ids)
                 selects: int | None = procedure.selects
             else:
                 entries = master.scan_primary(parse_addresses([args.addresses]))

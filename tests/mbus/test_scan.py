@@ -80,6 +80,15 @@ def test_meters_with_f_at_a_hex_position_are_found() -> None:
     assert sorted(procedure.found) == sorted(ids)
 
 
+def test_hex_digits_in_identification_numbers_with_hex_ids() -> None:
+    ids = ["1234567A04420102", "1234567B04420102", "123456FA04420102", "12345F7104420102"]
+    segment = slave.Segment([_meter(s) for s in ids])
+    plain = run(scan.SecondaryScan(), segment)
+    assert len(plain.found) < 4  # BCD digits only: colliding hex ids stay hidden
+    full = run(scan.SecondaryScan(hex_ids=True), segment)
+    assert sorted(full.found) == sorted(ids)
+
+
 def test_identical_addresses_are_duplicates() -> None:
     procedure = _scan(["1111111104420B02", "1111111104420B02"])
     assert procedure.found == {} and procedure.duplicates == ["1111111104420B02"]
