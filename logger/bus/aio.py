@@ -45,8 +45,10 @@ class AsyncMBus:
     async def scan_primary(self, addresses: Sequence[int] | None = None) -> list[ScanEntry]:
         return await self._call(self.master.scan_primary, addresses)
 
-    async def scan_secondary(self, mask: str = "FFFFFFFFFFFFFFFF") -> list[ScanEntry]:
-        entries, _procedure = await self._call(self.master.scan_secondary, mask)
+    async def scan_secondary(
+        self, mask: str = "FFFFFFFFFFFFFFFF", hex_ids: bool = False
+    ) -> list[ScanEntry]:
+        entries, _procedure = await self._call(self.master.scan_secondary, mask, hex_ids)
         return entries
 
     async def aclose(self) -> None:

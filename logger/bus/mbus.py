@@ -348,7 +348,15 @@ class MBusMaster:
             raise BusError(procedure.error)
 
     def link_reset(self, address: int) -> None:
+        """SND_NKE; to 255 (broadcast) it resets every meter and nobody answers."""
+        if address == frames.ADDR_BROADCAST:
+            self.command(frames.snd_nke(address), "SND_NKE broadcast", core.EXPECT_NONE)
+            return
         self._confirm(frames.snd_nke(address), f"SND_NKE to {address}")
+
+    def select_for_readout(self, address: int, records: bytes) -> None:
+        """CI 0x51 with DIF/VIF pairs: the meter's next RSP_UD carries only those records."""
+        self._confirm(frames.select_for_readout(address, records), f"select for readout {address}")
 
     def application_reset(self, address: int, subcode: int | None = None) -> None:
         self._confirm(frames.application_reset(address, subcode), f"application reset of {address}")

@@ -12,6 +12,7 @@ import pytest
 
 from hil import scenarios
 from logger.bus import AsyncMBus, BusError, MBusMaster, PortError, Quirks, timing
+from logger.mbus import frames
 from logger.mbus import slave as slave_core
 from tests.support.mbus_sim import Faults, SimMeter, corpus_line, scenario_line, sim_line
 from tests.support.mbus_wire import ABB_A41, SCHNEIDER_IEM, jmbus_frames
@@ -142,6 +143,9 @@ def test_application_reset_and_set_address() -> None:
         assert bus.read(address=77).ok
         with pytest.raises(BusError, match="set address 1 -> 5: no answer after 4 attempts"):
             bus.set_primary_address(1, 5)
+        bus.select_for_readout(77, b"\x04\x13")
+        bus.link_reset(255)  # broadcast: nobody answers, nothing to wait for
+        assert line.served[-1]["request"] == frames.select_for_readout(77, b"\x04\x13").hex()
 
 
 def test_primary_and_secondary_scan_on_a_pty() -> None:
