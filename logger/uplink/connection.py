@@ -41,6 +41,7 @@ from logger.tpm import DeviceKey, DeviceKeyError, DeviceState, StateDirError, op
 from logger.uplink import _compat
 from logger.uplink.errors import (
     LocalSetupError,
+    NetworkDown,
     ServerUntrusted,
     TrustStale,
     UplinkError,
@@ -76,6 +77,7 @@ class UplinkSettings:
     backoff_max_s: float = 300.0
     permanent_backoff_s: float = 60.0  # first delay after a refusal (retrying soon is futile)
     trust_refresh_margin: float = 0.5  # refresh when this fraction of a CRL's life is left
+    stable_after_s: float = 60.0  # a connection that held this long resets the backoff
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,10 @@ class Connection:
         key_operations: int,
         seconds: float,
         recovery: bool,
+        own_cert_not_after: dt.datetime | None = None,
     ) -> None:
         self._client = client
+        self.own_cert_not_after = own_cert_not_after
         self.info = info
         self.key_operations = key_operations
         self.seconds = seconds
@@ -251,7 +255,12 @@ async def connect(
         issuer=server_cert.issuer.rfc4514_string(),
     )
     return Connection(
-        client, info, key.operations - ops_before, time.perf_counter() - started, recovery
+        client,
+        info,
+        key.operations - ops_before,
+        time.perf_counter() - started,
+        recovery,
+        own_cert.not_valid_after_utc,
     )
 
 
@@ -291,6 +300,8 @@ class Uplink:
         self.key_operations_per_connection: list[int] = []
         self.last_trust_update: TrustUpdate | None = None
         self.thread_ident: int | None = None
+        self.own_cert_days_left: int | None = None
+        self._warned_threshold: int | None = None
 
     # -- observation ----------------------------------------------------------------------
     @property
@@ -306,6 +317,7 @@ class Uplink:
             "attempts": self.attempts,
             "connections": self.connections,
             "key_operations_per_connection": list(self.key_operations_per_connection[-10:]),
+            "certificate_days_left": self.own_cert_days_left,
             "server": info,
         }
 
@@ -422,7 +434,8 @@ class Uplink:
                     self._set_state("disconnected", exc)
                     await self._sleep(self._delay(failures, exc))
                     continue
-                failures = 0
+                connected_at = time.monotonic()
+                self._warn_expiry(connection)
                 self.connections += 1
                 self.key_operations_per_connection.append(connection.key_operations)
                 self._connection = connection
@@ -435,6 +448,15 @@ class Uplink:
                     await self._session(connection)
                     if not self._stop.is_set() and not connection.recovery:
                         self._set_state("disconnected", None)
+                        if time.monotonic() - connected_at >= self.settings.stable_after_s:
+                            failures = 0  # it held: the next loss starts the backoff afresh
+                        else:
+                            # Dropped right after the handshake (a flapping link, a server
+                            # that accepts and kills sessions): back off, or the TPM storms.
+                            failures += 1
+                            await self._sleep(
+                                self._delay(failures, NetworkDown("connection dropped"))
+                            )
                 except UplinkError as exc:
                     failures += 1
                     self._set_state("disconnected", exc)
@@ -448,6 +470,23 @@ class Uplink:
                 await asyncio.to_thread(self._key.close)
                 self._key = None
             self._set_state("stopped", None)
+
+    def _warn_expiry(self, connection: Connection) -> None:
+        """Our certificate's days to expiry, warned from six months before (SECURITY.md),
+        once per threshold crossed (183, 30, 7 days) - not on every reconnect."""
+        if connection.own_cert_not_after is None:
+            return
+        days = (connection.own_cert_not_after - utcnow()).days
+        self.own_cert_days_left = days
+        threshold = next((t for t in (7, 30, 183) if days <= t), None)
+        if threshold is not None and threshold != self._warned_threshold:
+            self._warned_threshold = threshold
+            _LOGGER.warning(
+                "the logger's certificate expires in %d days (%s): renew it "
+                "(mbus-logger cert csr, then mbus-provision device sign / renew)",
+                days,
+                f"{connection.own_cert_not_after:%Y-%m-%d}",
+            )
 
     def _delay(self, failures: int, exc: UplinkError) -> float:
         delay = backoff_delay(

@@ -265,3 +265,27 @@ def test_trust_list_accepts_only_what_a_trusted_ca_signed(spki: SharedPki, tmp_p
     assert any("not signed by a CA the logger already trusts" in r for r in update.rejected)
     # The installed trust is untouched and still valid.
     TrustStore.load(device.state_dir).check_fresh(profile.utcnow())
+
+
+def test_secure_channel_token_is_renewed_before_expiry(spki: SharedPki, tmp_path: Path) -> None:
+    """A short token lifetime: the channel is renewed (one sign + one decrypt each time) and
+    keeps working past several lifetimes."""
+
+    async def scenario() -> None:
+        async with running_receiver(spki.rx, tmp_path) as srv:
+            with open_device_key(spki.device.state_dir) as key:
+                settings = uplink_settings(
+                    srv.endpoint_url, spki.device, spki.rx, channel_lifetime_ms=400
+                )
+                conn = await connect(settings, key)
+                try:
+                    after_connect = key.operations
+                    await asyncio.sleep(1.3)  # > 3 lifetimes; renewal at 75 %
+                    assert await conn.call("GetConfiguration", 0) == [0, ""]
+                    renewals = (key.operations - after_connect) // 2
+                    assert renewals >= 3
+                    assert conn.is_connected()
+                finally:
+                    await conn.close()
+
+    run(scenario())
