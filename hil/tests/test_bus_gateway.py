@@ -12,10 +12,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 import serial
 
 from logger.bus import MBusMaster, PortError
 from tests.support.mbus_sim import corpus_line
+
+pytestmark = pytest.mark.hil
 
 BAUD = 19200
 
