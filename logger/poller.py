@@ -264,6 +264,7 @@ class Poller:
         self._in_flight: set[str] = set()
         self._failed: list[asyncio.Task[TickReport]] = []
         self._lane_jobs: dict[asyncio.Future[list[MeterOutcome]], float] = {}
+        self._traced: set[str] = set()  # meters whose internal error was logged in full
         self._stop = threading.Event()  # also seen by the lane threads between meters
         self.last_tick: TickReport | None = None
         self.ticks = 0
@@ -630,7 +631,10 @@ class Poller:
                 continue
             except Exception as exc:
                 # A bug in a transport or decoder must cost this meter's poll, not the daemon.
-                _LOGGER.exception("meter %s: unexpected error while reading", meter.id)
+                # The traceback is logged once per meter; the health shows every occurrence.
+                if meter.id not in self._traced:
+                    self._traced.add(meter.id)
+                    _LOGGER.exception("meter %s: unexpected error while reading", meter.id)
                 out.append(MeterOutcome(meter.id, (), f"internal error: {exc!r}", started))
                 continue
             if not readings:

@@ -313,3 +313,25 @@ def test_ticks_commit_to_sqlite_in_one_transaction_each(tmp_path: Path) -> None:
         assert store.stats().depth == 60
     finally:
         store.close()
+
+
+def test_a_reader_bug_costs_the_meter_its_poll_and_is_traced_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config(tmp_path, [tcp_meter("buggy"), tcp_meter("fine")])
+    meters = FakeMeters()
+
+    def hook(meter_id: str) -> None:
+        if meter_id == "buggy":
+            raise KeyError("vif 0x7f")  # not a MeterReadError: a bug in a decoder
+
+    meters.hook = hook
+    store = RecordingStore()
+    timer = VirtualTimer(utc(2026, 3, 1, 0, 0, 30), stop_at=utc(2026, 3, 1, 0, 3, 30))
+    caplog.set_level(logging.WARNING)
+    poller = run_poller(config, meters, timer, store)
+    assert [[r.meter_id for r in t] for t in store.ticks] == [["fine"]] * 3
+    health = poller.health["buggy"]
+    assert health.state == "down" and health.failures == 3
+    assert health.last_error == "internal error: KeyError('vif 0x7f')"
+    assert sum(1 for r in caplog.records if r.exc_info) == 1
