@@ -117,6 +117,8 @@ class MBusMaster:
         self._link = SerialLink(device, baudrate)
         self._lock = port_lock(device)
         self._last_activity = 0.0
+        # FCB of the last REQ_UD2 per meter, for meters read without a link reset.
+        self._last_fcb: dict[str, bool] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -260,6 +262,7 @@ class MBusMaster:
         return result
 
     def _read_into(self, result: ReadResult, q: Quirks) -> None:
+        key = result.target.upper()
         procedure = core.ReadOut(
             address=result.address,
             secondary=result.secondary,
@@ -268,8 +271,11 @@ class MBusMaster:
             max_telegrams=q.max_telegrams,
             pause_after_reset=q.pause_after_nke,
             check_address=not q.any_address,
+            first_fcb=not self._last_fcb.get(key, False) if q.no_reset else True,
         )
         self.run(procedure, q)
+        if procedure.telegrams:
+            self._last_fcb[key] = procedure.last_fcb
         result.telegrams = list(procedure.telegrams)
         result.complete = procedure.complete
         result.error = procedure.error

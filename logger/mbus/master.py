@@ -419,7 +419,9 @@ class ReadOut(Procedure):
     request is retried up to ``retries`` times; a REQ_UD2 retry keeps the FCB, so a meter
     whose answer was lost repeats that telegram instead of skipping to the next one.
     ``telegrams`` holds the frames received (full bytes), ``complete`` says the last one did
-    not announce more.
+    not announce more. Without a reset the meter still holds the FCB of the previous read-out:
+    ``first_fcb`` must then be the opposite of :attr:`last_fcb` of that read-out, or the meter
+    would repeat its last telegram.
     """
 
     __slots__ = (
@@ -451,6 +453,7 @@ class ReadOut(Procedure):
         max_telegrams: int = 16,
         pause_after_reset: float = 0.0,
         check_address: bool = True,
+        first_fcb: bool = True,
     ) -> None:
         Procedure.__init__(self)
         if (address is None) == (secondary is None):
@@ -472,7 +475,7 @@ class ReadOut(Procedure):
         self.telegrams: list[bytes] = []
         self.complete = False
         self.attempts = 0
-        self._fcb = True
+        self._fcb = first_fcb
         self._tries = 0
         if reset and address is not None:
             self._step = self.STEP_RESET
@@ -480,6 +483,11 @@ class ReadOut(Procedure):
             self._step = self.STEP_SELECT
         else:
             self._step = self.STEP_REQUEST
+
+    @property
+    def last_fcb(self) -> bool:
+        """The FCB of the last REQ_UD2 answered (the meter's FCB state after this read-out)."""
+        return self._fcb
 
     def _address_ok(self, frame: "frames.Frame | None") -> bool:
         # A late answer of another meter must not pass as this one's (primary reads only).

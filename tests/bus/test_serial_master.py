@@ -222,3 +222,17 @@ def test_pause_after_nke_quirk_waits_before_the_first_request() -> None:
     assert result.ok
     assert (ack["kind"], rsp["kind"]) == ("ack", "rsp_ud")
     assert rsp["t"] - ack["t"] >= 0.3
+
+
+def test_reads_without_reset_keep_toggling_the_fcb() -> None:
+    """A meter read with the no_reset quirk still holds the FCB of the previous read-out: the
+    next one must start with the other FCB or it would only get the last telegram again."""
+    with scenario_line("multi", BAUD) as line, MBusMaster(line.path, BAUD) as bus:
+        no_reset = Quirks(no_reset=True)
+        first = bus.read(address=9, quirks=no_reset)
+        second = bus.read(address=9, quirks=no_reset)
+        third = bus.read(address=9, quirks=no_reset)
+        requests = [s["request"] for s in line.served]
+    assert first.telegrams == second.telegrams == third.telegrams == jmbus_frames(ABB_A41)
+    c_fields = [int(r[2:4], 16) for r in requests]
+    assert c_fields == [0x7B, 0x5B] * 7 + [0x7B]  # 15 requests, FCB alternating throughout
