@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -217,11 +217,6 @@ class ClockState:
         }
 
 
-@dataclass
-class _Schedule:
-    due: dict[str, datetime] = field(default_factory=dict)
-
-
 class Poller:
     """Reads the configured meters on their grid and commits each tick to ``store``.
 
@@ -258,7 +253,7 @@ class Poller:
             mono=self.timer.monotonic,
         )
         self._lanes: dict[str, _Lane] = {}
-        self._schedule = _Schedule()
+        self._due: dict[str, datetime] = {}  # meter id -> its next slot (UTC)
         self._wake = asyncio.Event()
         self._ticks: set[asyncio.Task[TickReport]] = set()
         self._in_flight: set[str] = set()
@@ -322,10 +317,10 @@ class Poller:
                 meter.interval_s,
                 meter.offset_s,
             ):
-                self._schedule.due.pop(meter.id, None)
-        for meter_id in list(self._schedule.due):
+                self._due.pop(meter.id, None)
+        for meter_id in list(self._due):
             if meter_id not in self.health:
-                del self._schedule.due[meter_id]
+                del self._due[meter_id]
         _LOGGER.info(
             "configuration reloaded: %d meters on %d lanes%s",
             len(self.health),
@@ -393,9 +388,9 @@ class Poller:
     def _plan(self, after: datetime) -> None:
         tz = self._tz()
         for meter in self._active(self._config):
-            if meter.id not in self._schedule.due:
+            if meter.id not in self._due:
                 due = next_due(after, meter.interval_s, meter.offset_s, tz)
-                self._schedule.due[meter.id] = due
+                self._due[meter.id] = due
                 self.health[meter.id].next_due = due
 
     def _observe_clock(self) -> None:
@@ -408,9 +403,9 @@ class Poller:
         # The grid is re-planned from the new time: forward, the slots in between are skipped
         # (counted below); backward, the next slot is the next one after the new time.
         now = self.timer.now()
-        for meter_id, due in list(self._schedule.due.items()):
+        for meter_id, due in list(self._due.items()):
             if jump.seconds < 0 or due <= now:
-                del self._schedule.due[meter_id]
+                del self._due[meter_id]
         self._plan(now)
 
     def _check_clock_sync(self) -> bool:
@@ -447,23 +442,23 @@ class Poller:
                         continue
                     self._apply_pending()
                     self._plan(self.timer.now())
-                if not self._schedule.due:  # no meters: idle until a reload or stop
+                if not self._due:  # no meters: idle until a reload or stop
                     self._wake.clear()
                     try:
                         await asyncio.wait_for(self._wake.wait(), MAX_NAP_S)
                     except TimeoutError:
                         pass
                     continue
-                tick = min(self._schedule.due.values())
+                tick = min(self._due.values())
                 self._wake.clear()
                 await self.timer.sleep_until(tick, self._wake)
                 self._observe_clock()
                 if self._stop.is_set() or self._pending_config is not None:
                     continue
                 now = self.timer.now()
-                if now < tick or tick not in self._schedule.due.values():
+                if now < tick or tick not in self._due.values():
                     continue  # woke early, or the clock jumped and the grid was re-planned
-                due = [m for m in self._active(self._config) if self._schedule.due[m.id] <= now]
+                due = [m for m in self._active(self._config) if self._due[m.id] <= now]
                 ready = [m for m in due if m.id not in self._in_flight]
                 for meter in due:
                     if meter.id in self._in_flight:
@@ -532,7 +527,7 @@ class Poller:
                 due = later
             elif meter.id not in self._in_flight:
                 self.health[meter.id].overrunning = False
-            self._schedule.due[meter.id] = due
+            self._due[meter.id] = due
             self.health[meter.id].next_due = due
 
     async def poll_tick(self, meters: Sequence[MeterConfig], tick: datetime) -> TickReport:
