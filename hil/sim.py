@@ -92,6 +92,7 @@ class SimMeter:
         baudrate: int | None = None,
         faults: Faults | None = None,
         response_delay: float | None = None,
+        fallback_after: float | None = None,
         name: str = "",
     ) -> None:
         self.synthetic = synthetic
@@ -106,10 +107,25 @@ class SimMeter:
         self._explicit_baud = baudrate
         self.faults = faults or Faults()
         self.response_delay = response_delay
+        self.fallback_after = fallback_after
+        self.factory_baudrate = baudrate or 0
+        self.last_heard = 0.0
         self.name = name or f"meter {address}"
 
     def bind(self, line_baudrate: int) -> None:
         self.slave.baudrate = self._explicit_baud or line_baudrate
+        self.factory_baudrate = self.slave.baudrate
+
+    def idle_fallback(self, now: float) -> None:
+        """Meters that were switched to another rate return to their factory rate after
+        ``fallback_after`` seconds without a request they understood."""
+        if (
+            self.fallback_after is not None
+            and self.slave.baudrate != self.factory_baudrate
+            and now - self.last_heard > self.fallback_after
+        ):
+            _LOGGER.debug("%s: idle, back to %d Bd", self.name, self.factory_baudrate)
+            self.slave.baudrate = self.factory_baudrate
 
     def refresh(self) -> None:
         """A new read-out starts: synthetic meters encode their current values."""
@@ -281,9 +297,11 @@ class SimLine:
         answers: list[_Answer] = []
         with self._lock:
             for meter in self.meters:
+                meter.idle_fallback(heard)
                 if meter.slave.baudrate != baud:
                     self.ignored += 1
                     continue
+                meter.last_heard = heard
                 event = meter.slave.classify(frame)
                 if event in (slave_core.E_NKE, slave_core.E_NKE_NET, slave_core.E_SELECT_MATCH):
                     meter.refresh()

@@ -20,7 +20,7 @@ import pytest
 import serial
 
 from hil import scenarios
-from logger.bus import MBusMaster, Stats, timing
+from logger.bus import MBusMaster, Quirks, Stats, timing
 from logger.mbus import decode, frames
 from logger.mbus.xml import telegram_xml
 from tests.support.mbus_sim import corpus_line, sim_line
@@ -301,3 +301,16 @@ def test_faults_from_the_command_line(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert [d["ok"] for d in doc] == [True, False]
     assert [m["faults"] is not None for m in sim.described["meters"]] == [True, True]
+
+
+def test_meter_that_falls_back_after_idling_is_still_read() -> None:
+    meter = scenarios.corpus_meters(1)[0]
+    meter.fallback_after = 0.3
+    with sim_line([meter], 9600) as line, MBusMaster(line.path, 9600) as bus:
+        bus.switch_baudrate(1, 19200)
+        assert bus.read(address=1).ok
+        time.sleep(0.4)  # the meter's idle time runs out: it returns to 9600 Bd
+        plain = bus.read(address=1, quirks=Quirks(retries=0))
+        assert plain.error == "address 1: SND_NKE after 1 attempts (no answer)"
+        fallback = bus.read(address=1, quirks=Quirks(fallback_baudrate=9600))
+        assert fallback.ok and fallback.baudrate == 9600
