@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import shutil
 import signal
 import statistics
@@ -127,29 +126,17 @@ class Watcher:
         ]
 
     def _from_buffer(self, view: View) -> None:
-        node = self.stack.logger
-        done = node.cli(
-            "buffer",
-            "export",
-            "--config",
-            str(node.config_path),
-            "--format",
-            "jsonl",
-            "--since",
-            str(self._since),
-            check=False,
-        )
-        if done.returncode == 0:
-            for line in done.stdout.splitlines():
-                if not line.strip():
-                    continue
-                item = json.loads(line)
-                self._since = max(self._since, int(item["seq"]))
-                taken = dt.datetime.fromisoformat(item["logger_time"])
-                key = (item["meter"], item["key"])
-                self._buffered[key] = Row(
-                    item["meter"], item["key"], str(item["value"]), item["unit"], taken
-                )
+        try:
+            rows = self.stack.logger.buffered_since(self._since, check=False)
+        except ValueError:
+            rows = []  # a line cut short while the daemon wrote: read again next time
+        for item in rows:
+            self._since = max(self._since, int(item["seq"]))
+            taken = dt.datetime.fromisoformat(item["logger_time"])
+            key = (item["meter"], item["key"])
+            self._buffered[key] = Row(
+                item["meter"], item["key"], str(item["value"]), item["unit"], taken
+            )
         view.rows = [self._buffered[k] for k in sorted(self._buffered)]
 
     def final_count(self) -> tuple[int, int, list[float]]:

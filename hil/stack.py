@@ -1012,8 +1012,26 @@ class LoggerNode:
 
     def buffered(self) -> list[dict[str, Any]]:
         """The pending readings, oldest first (``mbus-logger buffer export --format jsonl``)."""
-        done = self.cli("buffer", "export", "--config", str(self.config_path), "--format", "jsonl")
-        return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+        return self.buffered_since(0)
+
+    def buffered_since(self, seq: int, check: bool = True) -> list[dict[str, Any]]:
+        """Pending readings after sequence number ``seq``, as ``buffer export`` prints them
+        (``meter_id``), with ``meter`` beside it so rows read like the receiver's."""
+        done = self.cli(
+            "buffer",
+            "export",
+            "--config",
+            str(self.config_path),
+            "--format",
+            "jsonl",
+            "--since",
+            str(seq),
+            check=check,
+        )
+        rows = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+        for row in rows:
+            row.setdefault("meter", row.get("meter_id"))
+        return rows
 
     def committed(self) -> int:
         """Readings committed in the current epoch so far (the buffer's next sequence - 1)."""

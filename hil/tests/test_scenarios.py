@@ -163,6 +163,29 @@ def assert_buffer_consistent(node: LoggerNode, epoch: str) -> list[dict[str, Any
     return pending
 
 
+def taken(stack: Stack, node: LoggerNode) -> list[dict[str, Any]]:
+    """Every reading of the current epoch taken so far, as dicts (seq, meter, key, value,
+    logger_time): what the receiver stored plus what is still buffered. Call it with the daemon
+    stopped: while it runs, a reading may move from the buffer to the receiver in between."""
+    assert not node.alive, "stop the logger first for a stable view"
+    epoch = node.buffer_stats()["epoch"]
+    rows = {r["seq"]: r for r in node.buffered()}
+    if CAPS.data_path:
+        for r in delivered(stack.receiver, node):
+            if r.epoch == epoch:
+                rows.setdefault(
+                    r.sequence,
+                    {
+                        "seq": r.sequence,
+                        "meter": r.meter,
+                        "key": r.record,
+                        "value": r.value,
+                        "logger_time": r.logger_time.isoformat(),
+                    },
+                )
+    return [rows[k] for k in sorted(rows)]
+
+
 def last_meter_state(node: LoggerNode, meter: str) -> dict[str, Any]:
     status = node.status() or {}
     for entry in status.get("meters", []):
@@ -197,7 +220,10 @@ def test_normal_operation_every_meter_into_the_buffer(stack: Stack) -> None:
     assert {m["meter"]: m["state"] for m in status["meters"]} == {
         m.id: "up" for m in stack.meters.specs
     }
-    pending = assert_buffer_consistent(node, node.buffer_stats()["epoch"])
+    assert_buffer_consistent(node, node.buffer_stats()["epoch"])
+    node.stop()
+    pending = taken(stack, node)
+    assert [r["seq"] for r in pending] == list(range(1, len(pending) + 1))
     by_tick: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for reading in pending:
         by_tick[(reading["meter"], reading["logger_time"])].append(reading)
@@ -342,8 +368,10 @@ def test_meter_faults(stack: Stack) -> None:
         60.0,
         0.2,
     )
-    pending = assert_buffer_consistent(node, node.buffer_stats()["epoch"])
-    multi_ticks = Counter(r["logger_time"] for r in pending if r["meter"] == "multi")
+    assert_buffer_consistent(node, node.buffer_stats()["epoch"])
+    node.stop()
+    multi_ticks = Counter(r["logger_time"] for r in taken(stack, node) if r["meter"] == "multi")
+    assert multi_ticks
     assert set(multi_ticks.values()) == {6}, "a part of a failed multi-telegram read-out was kept"
     log = node.log_path.read_text(encoding="utf-8", errors="replace")
     assert log.count("water") >= 2, "going down and coming back are logged"
