@@ -314,3 +314,27 @@ def test_meter_that_falls_back_after_idling_is_still_read() -> None:
         assert plain.error == "address 1: SND_NKE after 1 attempts (no answer)"
         fallback = bus.read(address=1, quirks=Quirks(fallback_baudrate=9600))
         assert fallback.ok and fallback.baudrate == 9600
+
+
+def test_secondary_scan_finds_exactly_the_simulated_meters(tmp_path: Path) -> None:
+    with sim_process(tmp_path, "secondary8", "--baudrate", "38400", "--delay", "0.003") as sim:
+        proc = mbus_logger(
+            "scan",
+            "--device",
+            sim.path,
+            "--baudrate",
+            "38400",
+            "--timeout",
+            "0.03",
+            "--secondary",
+            "--format",
+            "json",
+        )
+        served = sim.served()
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert sorted(m["secondary"] for m in doc["meters"]) == sorted(
+        m["secondary"] for m in sim.described["meters"]
+    )
+    assert doc["selects"] < 185
+    assert any(s["collision"] for s in served)  # the wildcard selects did collide
