@@ -208,7 +208,7 @@ def test_answers_take_their_wire_time_at_2400_baud() -> None:
         wall = time.monotonic() - started
         bound = bus.stats.wire_bound(2400, 0.030)
     assert all(r.ok for r in results)
-    assert bound <= wall < bound * 1.10 + 0.05
+    assert bound <= wall < bound * 1.2 + 0.1
 
 
 def test_a_master_that_talks_too_fast_is_not_understood() -> None:
@@ -262,7 +262,7 @@ def test_full_primary_scan_finds_exactly_the_meters_within_the_timeout_bound() -
         (m.address, m.secondary) for m in line.meters
     ]
     bound = 248 * (timeout + timing.wire_time(5, 38400)) + bus.stats.wire_bound(38400, 0.003)
-    assert bound <= wall < bound * 1.15
+    assert bound <= wall < bound * 1.25
 
 
 def test_faults_from_the_command_line(tmp_path: Path) -> None:

@@ -212,7 +212,7 @@ def test_async_reads_never_block_the_event_loop() -> None:
 
     oks, worst = asyncio.run(main())
     assert oks == [True, True, True]
-    assert worst < 0.05
+    assert worst < 0.1
 
 
 def test_pause_after_nke_quirk_waits_before_the_first_request() -> None:
