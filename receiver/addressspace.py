@@ -17,9 +17,10 @@ address nodes directly)::
 
 Everything here is read-only to clients (the server's permission rules). It is rebuilt from
 the storage at start (:meth:`AddressSpace.load`) and kept current after each push with one
-pass over the batch: only the newest reading of each (meter, record) in the batch is written,
-straight into the address space (no per-value service round trip), so a 10,000-reading batch
-of 20 series costs 20 writes.
+pass over the batch: only the newest reading of each (meter, record) in the batch is queued,
+and a background writer puts it straight into the address space (no per-value service round
+trip). The push is answered as soon as the storage committed; while a backlog drains, batches
+coalesce in the queue, so the view costs one write per series and round, not per reading.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from receiver.storage import Device, LatestValue
 _LOGGER = logging.getLogger(__name__)
 
 NULL_TIME = dt.datetime(1601, 1, 1, tzinfo=dt.UTC)
+VIEW_INTERVAL_S = 1.0
+"""The latest values are written into the address space at most this often."""
 
 LOGGER_PROPERTIES: tuple[tuple[str, ua.VariantType], ...] = (
     ("ApplicationUri", ua.VariantType.String),
@@ -96,6 +99,9 @@ class AddressSpace:
         self.loggers = loggers
         self._known: set[str] = set()  # string ids of nodes that exist
         self._lock = asyncio.Lock()
+        self._pending: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+        self._dirty = asyncio.Event()
+        self._units: dict[str, tuple[str, str]] = {}
         self.writes = 0
 
     @classmethod
@@ -179,35 +185,60 @@ class AddressSpace:
             for name, value in values.items():
                 await self._write(f"{base}/{name}", value, types[name])
 
-    async def update_values(self, device_uri: str, columns: Mapping[str, Sequence[Any]]) -> int:
-        """After a stored push: the newest reading of each (meter, record) of the batch.
-
-        Returns the number of series written. A batch is in sequence order, so the last
-        occurrence of a series is its newest reading.
-        """
+    def submit(self, device_uri: str, columns: Mapping[str, Sequence[Any]]) -> int:
+        """Queue the newest reading of each (meter, record) of a stored batch; returns the
+        number of series in it. Cheap (one pass over the batch): the push answers without
+        waiting for the address space, and while a backlog drains, batches that arrive
+        faster than the view is written coalesce into their newest values."""
         meters, records = columns["Meter"], columns["Record"]
         newest: dict[tuple[Any, Any], int] = {}
         for i, key in enumerate(zip(meters, records, strict=True)):
             newest[key] = i
         values, units, quantities = columns["Value"], columns["Unit"], columns["Quantity"]
-        source, logger_time, seqs = (
-            columns["SourceTime"],
-            columns["LoggerTime"],
-            columns["Sequence"],
-        )
-        async with self._lock:
-            for (meter, record), i in newest.items():
-                path = await self._value_node(device_uri, str(meter), str(record))
-                await self._set_value(
-                    path,
-                    str(values[i]),
-                    str(units[i]),
-                    str(quantities[i]),
-                    source[i],
-                    logger_time[i],
-                    int(seqs[i]),
-                )
+        source, logger_time = columns["SourceTime"], columns["LoggerTime"]
+        seqs = columns["Sequence"]
+        pending = self._pending
+        for (meter, record), i in newest.items():
+            pending[(device_uri, str(meter), str(record))] = (
+                str(values[i]),
+                str(units[i]),
+                str(quantities[i]),
+                source[i],
+                logger_time[i],
+                int(seqs[i]),
+            )
+        self._dirty.set()
         return len(newest)
+
+    async def update_values(self, device_uri: str, columns: Mapping[str, Sequence[Any]]) -> int:
+        """:meth:`submit` and wait until the view shows it (tests, tools)."""
+        n = self.submit(device_uri, columns)
+        await self.flush()
+        return n
+
+    async def flush(self) -> None:
+        """Write everything queued now (on the caller's task)."""
+        async with self._lock:
+            while self._pending:
+                batch, self._pending = self._pending, {}
+                for count, ((uri, meter, record), row) in enumerate(batch.items(), 1):
+                    path = await self._value_node(uri, meter, record)
+                    await self._set_value(path, *row)
+                    if count % 200 == 0:
+                        await asyncio.sleep(0)  # let pushes in between
+
+    async def run(self, interval_s: float = VIEW_INTERVAL_S) -> None:
+        """The background writer: applies queued values, at most once per ``interval_s``
+        (a view a second old is current enough; a draining backlog coalesces meanwhile),
+        until cancelled."""
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            try:
+                await self.flush()
+            except Exception:  # the readings are stored; the view catches up with the next
+                _LOGGER.exception("address space update failed")
+            await asyncio.sleep(interval_s)
 
     async def _set_value(
         self,
@@ -226,8 +257,10 @@ class AddressSpace:
             ServerTimestamp=dt.datetime.now(dt.UTC),  # type: ignore[arg-type]
         )
         await self.server.write_attribute_value(self._id(path), data)
-        await self._write(f"{path}/Unit", unit, ua.VariantType.String)
-        await self._write(f"{path}/Quantity", quantity, ua.VariantType.String)
+        if self._units.get(path) != (unit, quantity):
+            await self._write(f"{path}/Unit", unit, ua.VariantType.String)
+            await self._write(f"{path}/Quantity", quantity, ua.VariantType.String)
+            self._units[path] = (unit, quantity)
         await self._write(f"{path}/MeterTime", _time(meter_time), ua.VariantType.DateTime)
         await self._write(f"{path}/ValueDouble", _double(value), ua.VariantType.Double)
         await self._write(f"{path}/Sequence", sequence, ua.VariantType.UInt64)
@@ -236,12 +269,16 @@ class AddressSpace:
         """Rebuild from the storage (at start): every known logger and its latest values."""
         for device in devices:
             await self.update_device(device)
-        async with self._lock:
-            for v in latest:
-                path = await self._value_node(v.device_uri, v.meter, v.record)
-                await self._set_value(
-                    path, v.value, v.unit, v.quantity, v.source_time, v.logger_time, v.sequence
-                )
+        for v in latest:
+            self._pending[(v.device_uri, v.meter, v.record)] = (
+                v.value,
+                v.unit,
+                v.quantity,
+                v.source_time,
+                v.logger_time,
+                v.sequence,
+            )
+        await self.flush()
         _LOGGER.info("address space: %d loggers, %d latest values", len(devices), len(latest))
 
 

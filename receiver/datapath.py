@@ -26,6 +26,8 @@ values in the address space are updated from the batch (:mod:`receiver.addresssp
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -78,6 +80,7 @@ class DataPath:
         self.address_space: AddressSpace | None = None
         self._device_refreshed: dict[str, float] = {}
         self._config_problems: dict[str, str] = {}
+        self._writer: asyncio.Task[None] | None = None
 
     @property
     def storage(self) -> Storage:
@@ -98,6 +101,15 @@ class DataPath:
         space = await AddressSpace.attach(server)
         await space.load(await self.storage.devices(), await self.storage.latest_values())
         self.address_space = space
+        self._writer = asyncio.get_running_loop().create_task(space.run())
+
+    async def stop(self) -> None:
+        """Stop the background writer (before the server stops)."""
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
 
     async def _refresh_device(self, uri: str, force: bool = False) -> None:
         if self.address_space is None:
@@ -143,7 +155,7 @@ class DataPath:
             raise BadRequest(ua.StatusCodes.BadInvalidArgument, str(exc)) from exc
         if self.address_space is not None and result.inserted:
             try:
-                await self.address_space.update_values(who.application_uri, columns)
+                self.address_space.submit(who.application_uri, columns)
                 await self._refresh_device(who.application_uri)
             except Exception:  # the readings are stored; the view catches up at the next push
                 _LOGGER.exception("address space update after a push of %d readings", n)
@@ -237,7 +249,8 @@ class DataPath:
 
 def install_datapath(receiver: ReceiverServer) -> DataPath:
     """Plug the data path into a :class:`ReceiverServer` before ``start()``; call
-    ``await datapath.start()`` after it to build the Loggers tree from the storage."""
+    ``await datapath.start()`` after it to build the Loggers tree from the storage, and
+    ``await datapath.stop()`` before stopping the server."""
     datapath = DataPath(receiver)
     handlers = datapath.handlers()
     receiver._push_readings = handlers[contract.PUSH_READINGS]  # type: ignore[method-assign]

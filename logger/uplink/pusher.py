@@ -13,13 +13,15 @@ uplink's thread and loop (:class:`UplinkThreadCaller`), so SQLite and asyncua ne
 loop and a slow TPM operation never holds the store. The two overlap: while batch *n* is on
 the wire, batch *n + 1* is read from SQLite and batch *n - 1* is deleted, which is what lets a
 month of backlog drain in seconds (PERFORMANCE.md: encoding dominates, so the pipeline hides
-the store). Only one call is in flight at a time, so the receiver always sees sequence
-numbers in order.
+the store). Two calls are in flight by default, so the receiver decodes and commits one batch
+while the logger encodes the next; they travel in sequence order on the one connection, and
+the receiver handles a connection's requests one after the other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -179,6 +181,7 @@ class Pusher:
         run_store: StoreRunner,
         caller: ReceiverCaller,
         batch_size: int = contract.MAX_BATCH,
+        in_flight: int = 2,
     ) -> None:
         if not 1 <= batch_size <= contract.MAX_BATCH:
             raise ValueError(f"batch size {batch_size} is outside 1..{contract.MAX_BATCH}")
@@ -186,6 +189,7 @@ class Pusher:
         self.run_store = run_store
         self.caller = caller
         self.batch_size = batch_size
+        self.in_flight = max(1, in_flight)
         self.stats = PusherStats()
 
     # -- store side (runs on the store's thread) ---------------------------------------------
@@ -244,39 +248,54 @@ class Pusher:
     async def drain(self, max_batches: int | None = None) -> int:
         """Send everything pending (or ``max_batches``); return the readings acknowledged.
 
-        Pipeline: read batch n+1 and delete batch n-1 on the store thread while batch n is
-        on the wire. On any error the pending deletion is completed first (it was
-        acknowledged), then the error propagates; the next drain starts again from the oldest
-        reading still in the buffer.
+        Pipeline: up to ``in_flight`` batches are on the wire at once (in sequence order on
+        the one connection, which the receiver processes in order), the next one is read and
+        the last acknowledged one deleted on the store thread meanwhile. Answers are taken in
+        order; only a contiguous run of acknowledged batches is ever deleted, so a failure of
+        batch n keeps n and everything after it (batches after n the receiver did store come
+        back as duplicates). On any error the pending deletion is completed first (it was
+        acknowledged), the calls still in flight are cancelled, then the error propagates;
+        the next drain starts again from the oldest reading still in the buffer.
         """
         acknowledged = 0
         started = time.perf_counter()
-        batch: Batch = await self.run_store(self._fetch, None)
+        upcoming: Batch = await self.run_store(self._fetch, None)
+        epoch = upcoming.epoch
+        window: collections.deque[tuple[Batch, asyncio.Future[PushAck]]] = collections.deque()
         deleting: asyncio.Future[int] | None = None
-        sent_batches = 0
+        issued = 0
         try:
-            while batch.items:
-                call = asyncio.ensure_future(self.send(batch))
-                try:
-                    if max_batches is None or sent_batches + 1 < max_batches:
-                        upcoming: Batch = await self.run_store(self._fetch, batch.last_seq)
-                    else:
-                        upcoming = Batch(batch.epoch, ())
-                    ack = await call
-                finally:
-                    if not call.done():
-                        call.cancel()
-                        await asyncio.gather(call, return_exceptions=True)
+            while True:
+                while (
+                    upcoming.items
+                    and len(window) < self.in_flight
+                    and (max_batches is None or issued < max_batches)
+                ):
+                    window.append((upcoming, asyncio.ensure_future(self.send(upcoming))))
+                    issued += 1
+                    last = upcoming.last_seq
+                    if max_batches is not None and issued >= max_batches:
+                        upcoming = Batch(epoch, ())
+                        break
+                    upcoming = await self.run_store(self._fetch, last)
+                    if upcoming.epoch != epoch:
+                        # The store was recreated under us: finish what is in flight and
+                        # start over from the new store's oldest reading at the next drain.
+                        upcoming = Batch(epoch, ())
+                if not window:
+                    break
+                batch, call = window[0]
+                ack = await call
+                window.popleft()
                 self._account(ack, len(batch))
                 acknowledged += len(batch)
-                sent_batches += 1
                 if deleting is not None:
                     await deleting
                 deleting = asyncio.ensure_future(self._acknowledge(ack))
-                if upcoming.epoch != batch.epoch:
-                    break  # the store was recreated under us: start over from its oldest
-                batch = upcoming
         finally:
+            for _batch, call in window:
+                call.cancel()
+            await asyncio.gather(*(call for _b, call in window), return_exceptions=True)
             if deleting is not None:
                 await deleting
         if acknowledged:
@@ -285,7 +304,7 @@ class Pusher:
             _LOGGER.debug(
                 "pushed %d readings in %d batches, %.0f/s",
                 acknowledged,
-                sent_batches,
+                issued,
                 acknowledged / seconds if seconds > 0 else 0.0,
             )
         return acknowledged

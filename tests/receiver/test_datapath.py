@@ -156,6 +156,7 @@ def test_operators_browse_loggers_meters_and_latest_exact_values(
                     *(42, 3.5, 7, 900, 0, ["m1"], [True], [0], [None], [""], ""),
                 )
             assert dp.address_space is not None
+            await dp.address_space.flush()  # the view is written in the background
             client = await _operator(srv.endpoint_url, spki)
             try:
                 newest = {f"r{int(str(s)) % 4}": i for i, s in enumerate(second["Sequence"])}

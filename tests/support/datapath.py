@@ -36,6 +36,7 @@ async def datapath_receiver(
         await datapath.start()
         yield server, datapath
     finally:
+        await datapath.stop()
         await server.stop()
         if own:
             await storage.close()

@@ -70,10 +70,11 @@ class _Caller(ConnectionCaller):
     async def call(self, method: str, *args: Any) -> Any:
         n = len(args[1]) if method == contract.PUSH_READINGS else 0
         self.calls.append((method, n))
+        number = len(self.calls)
         result = await super().call(method, *args)
         if self.during is not None:
             await self.during()
-        if len(self.calls) in self.lose_answer_of:
+        if number in self.lose_answer_of:
             raise UplinkError("connection lost before the answer arrived")
         if self.tamper is not None:
             result = self.tamper(result)
@@ -149,7 +150,8 @@ def test_a_lost_answer_deletes_nothing_and_the_resend_is_not_stored_twice(
             assert [s.seq for s in store.read(0, 1)] == [expected[100][1]]
             assert store.stats().depth == total - 100
             assert await pusher.drain() == total - 100
-            assert pusher.stats.duplicates == 100
+            # Batch 2 came back as duplicates; so did batch 3 if it was already in flight.
+            assert pusher.stats.duplicates in (100, 200)
             assert await rig.received() == expected
             assert store.stats().depth == 0
 
