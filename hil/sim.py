@@ -322,10 +322,13 @@ class SimLine:
         else:
             data = slave_core.superpose([a.data for a in answers]) or b""
         delay = max(a.delay for a in answers)
-        self._transmit(data, heard + delay, baud)
+        start = max(heard + delay, time.monotonic())
+        done = start + len(data) * 11.0 / baud
+        # Logged before it goes out, so the entry exists once the master has the answer.
+        self._record(frame, answers, data, time.time() + (done - time.monotonic()))
+        self._transmit(data, start, baud)
         for meter in self.meters:
             meter.slave.after_ack_sent()
-        self._record(frame, answers, data)
 
     def _apply_faults(self, meter: SimMeter, reply: bytes) -> _Answer | None:
         faults = meter.faults
@@ -374,8 +377,11 @@ class SimLine:
                 self.ignored += 1
                 _LOGGER.debug("line busy: %d bytes not understood", len(dropped))
 
-    def _record(self, frame: frames.Frame, answers: list[_Answer], data: bytes) -> None:
-        now = time.time()
+    def _record(
+        self, frame: frames.Frame, answers: list[_Answer], data: bytes, when: float
+    ) -> None:
+        """One entry per answering meter; ``t`` is when the answer's last byte is out."""
+        now = when
         with self._lock:
             for answer in answers:
                 entry = {

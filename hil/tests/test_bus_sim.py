@@ -246,20 +246,20 @@ def test_several_lines_in_one_process() -> None:
         assert all(r.ok for r in bus_b.read_many([10, 11]))
 
 
-def test_full_primary_scan_finds_exactly_the_meters_within_the_timeout_bound() -> None:
-    from hil.sim import SimLine
-
-    meters, _ = scenarios.build("three")
-    timeout = 0.03
+def test_full_primary_scan_finds_exactly_the_meters_within_the_timeout_bound(
+    tmp_path: Path,
+) -> None:
+    """0-250 with 3 meters: exactly those, and no longer than the timeouts make it."""
+    timeout = 0.06
     with (
-        SimLine(meters, 38400, 0.003) as line,
-        MBusMaster(line.path, 38400, timeout=timeout) as bus,
+        sim_process(tmp_path, "three", "--baudrate", "38400", "--delay", "0.003") as sim,
+        MBusMaster(sim.path, 38400, timeout=timeout) as bus,
     ):
         started = time.monotonic()
         entries = bus.scan_primary()
         wall = time.monotonic() - started
     assert [(e.address, e.secondary) for e in entries] == [
-        (m.address, m.secondary) for m in line.meters
+        (m["address"], m["secondary"]) for m in sim.described["meters"]
     ]
     bound = 248 * (timeout + timing.wire_time(5, 38400)) + bus.stats.wire_bound(38400, 0.003)
     assert bound <= wall < bound * 1.25
