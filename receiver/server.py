@@ -525,13 +525,21 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    from receiver.datapath import install_datapath
+
     receiver = ReceiverServer(rdir, storage, args.listen or DEFAULT_LISTEN)
+    datapath = install_datapath(receiver)  # the loggers' methods and the Loggers tree
+    started = False
     try:
         await receiver.start()
+        await datapath.start()
+        started = True
         await storage.audit("receiver.started", detail=receiver.endpoint_url)
         print(f"listening on {receiver.endpoint_url}", flush=True)
         await stop.wait()
     finally:
+        if started:
+            await datapath.stop()
         await receiver.stop()
         await storage.close()
     return 0
