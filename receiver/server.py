@@ -61,6 +61,7 @@ _LOGGER = logging.getLogger(__name__)
 DEFAULT_LISTEN = "opc.tcp://0.0.0.0:4840"
 RELOAD_INTERVAL_S = 5.0
 RECHECK_INTERVAL_S = 60.0
+AUDIT_REPEAT_S = 60.0
 
 _VARIANT = {
     "String": ua.VariantType.String,
@@ -218,6 +219,7 @@ class ReceiverServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watcher: asyncio.Task[None] | None = None
         self.closed_channels = 0
+        self._audit_recent: dict[tuple[str, str, str], tuple[float, int]] = {}
 
     # -- background work -------------------------------------------------------------------
     def spawn(self, coro: Awaitable[Any]) -> None:
@@ -232,6 +234,23 @@ class ReceiverServer:
         task.add_done_callback(self._tasks.discard)
 
     def audit_soon(self, event: str, **fields: str) -> None:
+        """Audit a refusal; repeats of the same (event, certificate) within
+        :data:`AUDIT_REPEAT_S` are counted and folded into the next entry, so a client
+        hammering the endpoint cannot flood the audit log (or the disk under it)."""
+        key = (event, fields.get("thumbprint", ""), fields.get("device_uri", ""))
+        now = asyncio.get_running_loop().time()
+        last, suppressed = self._audit_recent.get(key, (-AUDIT_REPEAT_S, 0))
+        if now - last < AUDIT_REPEAT_S:
+            self._audit_recent[key] = (last, suppressed + 1)
+            return
+        if suppressed:
+            fields["detail"] = (
+                f"{fields.get('detail', '')} (+{suppressed} identical in the last "
+                f"{AUDIT_REPEAT_S:.0f} s)"
+            )
+        if len(self._audit_recent) > 10_000:
+            self._audit_recent.clear()
+        self._audit_recent[key] = (now, 0)
         self.spawn(self.storage.audit(event, **fields))
 
     async def drain(self) -> None:

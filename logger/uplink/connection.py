@@ -60,6 +60,9 @@ from logger.uplink.validation import (
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
 
+CLOCK_CHECK_S = 60.0
+CLOCK_JUMP_S = 300.0
+
 
 @dataclass(frozen=True)
 class UplinkSettings:
@@ -301,6 +304,8 @@ class Uplink:
         self.last_trust_update: TrustUpdate | None = None
         self.thread_ident: int | None = None
         self.own_cert_days_left: int | None = None
+        self.clock_jumps = 0
+        self._trust_valid_until: dt.datetime | None = None
         self._warned_threshold: int | None = None
 
     # -- observation ----------------------------------------------------------------------
@@ -347,7 +352,8 @@ class Uplink:
         connection = self._connection
         if connection is None or not self._connected.is_set():
             raise self.last_error or UplinkError("the uplink is not connected")
-        if connection.recovery:
+        stale = self._trust_valid_until is not None and utcnow() > self._trust_valid_until
+        if connection.recovery or stale:
             raise TrustStale(
                 "the logger's CRLs are stale: it keeps buffering and sends nothing until the "
                 "receiver's trust list refreshes them"
@@ -395,8 +401,11 @@ class Uplink:
                 )
             _LOGGER.warning("fresh CRLs installed; reconnecting with full validation")
             return
+        wall, mono = utcnow(), time.monotonic()
         while not self._stop.is_set():
             now = utcnow()
+            self._check_clock(wall, mono, now)
+            wall, mono = now, time.monotonic()
             due = self._refresh_due(now)
             if due is not None and due <= now:
                 await self.refresh_trust(connection)
@@ -404,12 +413,34 @@ class Uplink:
                 if due is not None and due <= utcnow():
                     # The receiver has nothing fresher: check again in an hour, not in a loop.
                     due = utcnow() + dt.timedelta(hours=1)
+            self._note_trust_validity()
             wait = 3600.0 if due is None else max(1.0, (due - utcnow()).total_seconds())
             try:
-                await asyncio.wait_for(self._lost.wait(), min(wait, 3600.0))
+                # Wake at least once a minute: clock jumps and stale trust are noticed soon.
+                await asyncio.wait_for(self._lost.wait(), min(wait, CLOCK_CHECK_S))
             except TimeoutError:
                 continue
             return
+
+    def _check_clock(self, wall: dt.datetime, mono: float, now: dt.datetime) -> None:
+        """Log a wall-clock jump (NTP stepping after boot, a dead RTC battery): validity
+        checks and CRL freshness depend on it."""
+        drift = (now - wall).total_seconds() - (time.monotonic() - mono)
+        if abs(drift) >= CLOCK_JUMP_S:
+            self.clock_jumps += 1
+            _LOGGER.warning(
+                "the wall clock jumped by %+.0f s; certificate validity and CRL freshness are "
+                "re-evaluated against the new time",
+                drift,
+            )
+
+    def _note_trust_validity(self) -> None:
+        try:
+            self._trust_valid_until = TrustStore.load(
+                self.settings.state_dir
+            ).earliest_next_update()
+        except ValidationError:
+            self._trust_valid_until = utcnow()
 
     async def run(self) -> None:
         """Connect, hold, reconnect - until :meth:`stop`."""
@@ -435,6 +466,7 @@ class Uplink:
                     await self._sleep(self._delay(failures, exc))
                     continue
                 connected_at = time.monotonic()
+                self._note_trust_validity()
                 self._warn_expiry(connection)
                 self.connections += 1
                 self.key_operations_per_connection.append(connection.key_operations)

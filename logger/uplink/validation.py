@@ -49,6 +49,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 4096
 CLOCK_SKEW = dt.timedelta(minutes=5)
+# A clock before this never ran NTP (a Raspberry Pi without RTC boots in 1970 or at the last
+# fake-hwclock save): say so instead of blaming the certificate.
+CLOCK_UNSET_BEFORE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 _WEAK_HASHES = ("sha1", "md5")
 
 
@@ -252,11 +255,14 @@ def _check_cert(cert: x509.Certificate, now: dt.datetime, what: str) -> None:
             f"(allowed {MIN_RSA_BITS}-{MAX_RSA_BITS})",
         )
     if now < cert.not_valid_before_utc - CLOCK_SKEW:
+        if now < CLOCK_UNSET_BEFORE:
+            hint = f"the clock is not set (it says {now:%Y-%m-%d}): set it (NTP) and retry"
+        else:
+            hint = f"is the clock right? it says {now:%Y-%m-%d %H:%M} UTC"
         raise ValidationError(
             "not_yet_valid",
             f"{what} {describe(cert)} is not valid before "
-            f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (is the clock set? it says "
-            f"{now:%Y-%m-%d %H:%M})",
+            f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC ({hint})",
         )
     if now > cert.not_valid_after_utc:
         raise ValidationError(

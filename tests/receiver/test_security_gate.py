@@ -244,3 +244,28 @@ def test_bad_logger_certificates_are_refused_and_audited(
             assert event in await _events(srv)
 
     run(scenario())
+
+
+def test_repeated_refusals_do_not_flood_the_audit_log(spki: SharedPki, tmp_path: Path) -> None:
+    # Attack: a client hammering the endpoint to fill the audit log (and the disk under it).
+    cert, key = _crafted_logger(spki, key_bits=1024)
+
+    async def scenario() -> None:
+        async with running_receiver(spki.rx, tmp_path) as srv:
+            for _ in range(8):
+                client = crafted_client(srv.endpoint_url, cert, key, spki.rx.cert)
+                with pytest.raises(Exception):  # noqa: B017 - refused at OPN
+                    await _attempt_write(client)
+            await srv.drain()
+            rejected = [e for e in await srv.storage.audit_entries() if e.event == "cert.rejected"]
+            assert len(rejected) == 1
+            srv._audit_recent = {k: (v[0] - 61.0, v[1]) for k, v in srv._audit_recent.items()}
+            client = crafted_client(srv.endpoint_url, cert, key, spki.rx.cert)
+            with pytest.raises(Exception):  # noqa: B017
+                await _attempt_write(client)
+            await srv.drain()
+            rejected = [e for e in await srv.storage.audit_entries() if e.event == "cert.rejected"]
+            assert len(rejected) == 2
+            assert "+7 identical" in rejected[-1].detail
+
+    run(scenario())

@@ -138,3 +138,50 @@ def test_stale_trust_refuses_data_work_until_refreshed(spki: SharedPki, tmp_path
             assert uplink.uplink.last_trust_update.new_crls
         finally:
             uplink.stop()
+
+
+def test_clock_jumps_are_detected(spki: SharedPki, caplog: pytest.LogCaptureFixture) -> None:
+    import datetime as dt
+
+    from logger.uplink.connection import Uplink
+
+    uplink = Uplink(uplink_settings("opc.tcp://127.0.0.1:1", spki.device, spki.rx))
+    now = dt.datetime.now(dt.UTC)
+    mono = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="logger.uplink.connection"):
+        uplink._check_clock(now - dt.timedelta(seconds=1), mono - 1.0, now)
+        assert uplink.clock_jumps == 0
+        uplink._check_clock(now - dt.timedelta(hours=2), mono - 60.0, now)
+    assert uplink.clock_jumps == 1
+    assert "jumped" in caplog.text
+
+
+def test_crls_going_stale_while_connected_stop_data_work(spki: SharedPki, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    shutil.copytree(spki.device.state_dir, state)
+    d = spki.device
+    device = DeviceDir(state, d.org, d.serial, d.application_uri, d.cert, d.tcti)
+    with ReceiverThread(spki.rx, tmp_path) as rx_thread:
+        assert rx_thread.server is not None
+        uplink = UplinkThread(uplink_settings(rx_thread.server.endpoint_url, device, spki.rx))
+        uplink.start()
+        try:
+            uplink.wait_connected(20)
+
+            async def config(conn: Connection) -> object:
+                return await conn.call("GetConfiguration", 0)
+
+            assert uplink.submit(config).result(10) == [0, ""]
+            crl_path = state / "crl" / f"{ski_name(spki.pki.ca_cert('acme'))}.pem"
+            crl_path.write_bytes(
+                stale_crl(spki.pki, "acme").public_bytes(serialization.Encoding.PEM)
+            )
+
+            async def recheck(conn: Connection) -> None:
+                uplink.uplink._note_trust_validity()
+
+            uplink.submit(recheck).result(10)
+            with pytest.raises(TrustStale):
+                uplink.submit(config).result(10)
+        finally:
+            uplink.stop()
