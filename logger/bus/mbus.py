@@ -292,7 +292,8 @@ class MBusMaster:
                 self._link.reopen(normal)
         if result.error is None:
             result.baudrate = q.fallback_baudrate
-            _LOGGER.warning(
+            # The result says so (``baudrate``); the poller logs state changes, not every read.
+            _LOGGER.debug(
                 "%s: meter %s answered only at its fallback rate %d Bd",
                 self.device,
                 result.target,
