@@ -40,6 +40,7 @@ from logger.tpm.filekey import load_key_file, read_secret_file
 from logger.uplink.validation import (
     TrustStore,
     ValidationError,
+    application_uri,
     check_crl,
     describe,
     split_der_chain,
@@ -192,8 +193,6 @@ class ReceiverDir:
             except ValueError as exc:
                 raise ReceiverSetupError(f"{path / 'receiver.json'}: {exc}") from exc
         org = str(meta.get("org") or _attr(org_ca, NameOID.ORGANIZATION_NAME) or "")
-        from logger.uplink.validation import application_uri
-
         uri = str(meta.get("application_uri") or application_uri(cert) or "")
         dns_list = meta.get("dns")
         dns = tuple(str(d) for d in dns_list) if isinstance(dns_list, list) else ()
@@ -267,8 +266,6 @@ class Gate:
         except ValidationError as exc:
             raise Refused("cert.rejected", f"malformed client certificate: {exc}") from exc
         tp = thumbprint(cert)
-        from logger.uplink.validation import application_uri
-
         uri = application_uri(cert) or ""
         org_of_cert = _attr(cert, NameOID.ORGANIZATION_NAME)
         try:

@@ -174,7 +174,11 @@ def test_only_sign_and_encrypt_endpoints_with_the_three_policies(
             }
             # A Sign-only channel is refused even with a trusted certificate.
             client = crafted_client(
-                srv.endpoint_url, spki.operator.cert, spki.operator.key, spki.rx.cert
+                srv.endpoint_url,
+                spki.operator.cert,
+                spki.operator.key,
+                spki.rx.cert,
+                timeout=1.0,
             )
             policy = sp.SecurityPolicyBasic256Sha256(
                 spki.rx.cert, spki.operator.cert, spki.operator.key, ua.MessageSecurityMode.Sign
