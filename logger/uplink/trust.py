@@ -4,8 +4,9 @@ The receiver serves its CA certificates and their current CRLs (OPC UA Part 12's
 GetTrustList, simplified to two ByteString arrays, see :mod:`logger.contract`). The channel
 they arrive on is authenticated, but the logger does not trust the receiver to *define* trust:
 
-* a CA certificate is accepted only if it is already a trust anchor, or a CA certificate
-  signed by one (e.g. the organization's re-issued CA) - never a new root;
+* a CA certificate is accepted only if it is already a trust anchor, or a re-issue of one
+  (same subject, e.g. the organization's renewed CA) signed by a trusted CA - never a new
+  root, never another organization's CA under the same root;
 * a CRL is accepted only if a trust anchor with its issuer name verifies its signature, it is
   not past its nextUpdate, and it is newer than the installed one (a higher CRL number, or a
   later thisUpdate) - an attacker replaying an old CRL cannot un-revoke anything;
@@ -108,6 +109,13 @@ def apply_trust_list(
         if not _signed_by_anchor(cert, anchors) or cert.subject == cert.issuer:
             update.rejected.append(
                 f"certificate {describe(cert)}: not signed by a CA the logger already trusts"
+            )
+            continue
+        if not any(a.subject == cert.subject for a in anchors):
+            # Only a re-issue of a CA we already trust (same name, e.g. a renewed org CA);
+            # never another organization's CA, even one the same root signed.
+            update.rejected.append(
+                f"certificate {describe(cert)}: not a re-issue of a CA the logger trusts"
             )
             continue
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:

@@ -289,3 +289,25 @@ def test_secure_channel_token_is_renewed_before_expiry(spki: SharedPki, tmp_path
                     await conn.close()
 
     run(scenario())
+
+
+def test_trust_list_accepts_a_renewed_org_ca_but_not_another_organizations(
+    spki: SharedPki, tmp_path: Path
+) -> None:
+    device = _copy_device(spki, tmp_path)
+    renewed = profile.make_org_ca(
+        "acme",
+        profile.new_rsa_key(2048).public_key(),
+        spki.pki.root_cert(),
+        spki.pki.ca_key("root"),
+        years=5,
+    )
+    der = serialization.Encoding.DER
+    update = apply_trust_list(
+        device.state_dir,
+        [spki.pki.ca_cert("globex").public_bytes(der), renewed.public_bytes(der)],
+        [],
+    )
+    assert len(update.new_anchors) == 1 and "acme" in update.new_anchors[0]
+    assert len(update.rejected) == 1 and "globex" in update.rejected[0]
+    assert renewed in TrustStore.load(device.state_dir).anchors
