@@ -42,6 +42,7 @@ from logger.uplink import _compat
 from logger.uplink.errors import (
     LocalSetupError,
     NetworkDown,
+    ProtocolError,
     ServerUntrusted,
     TrustStale,
     UplinkError,
@@ -370,7 +371,12 @@ class Uplink:
 
     async def refresh_trust(self, connection: Connection) -> TrustUpdate:
         certs, crls = await connection.get_trust_list()
-        update = await asyncio.to_thread(apply_trust_list, self.settings.state_dir, certs, crls)
+        try:
+            update = await asyncio.to_thread(apply_trust_list, self.settings.state_dir, certs, crls)
+        except ValidationError as exc:
+            raise TrustStale(f"the trust list could not be applied: {exc}") from exc
+        except (StateDirError, OSError) as exc:
+            raise LocalSetupError(f"cannot store the trust list: {exc}") from exc
         self.last_trust_update = update
         return update
 
@@ -465,6 +471,13 @@ class Uplink:
                     self._set_state("disconnected", exc)
                     await self._sleep(self._delay(failures, exc))
                     continue
+                except Exception as exc:  # a bug or an untranslated library error: log it
+                    _LOGGER.exception("uplink connect failed unexpectedly")
+                    failures += 1
+                    error = ProtocolError(f"unexpected error: {type(exc).__name__}: {exc}")
+                    self._set_state("disconnected", error)
+                    await self._sleep(self._delay(failures, error))
+                    continue
                 connected_at = time.monotonic()
                 self._note_trust_validity()
                 self._warn_expiry(connection)
@@ -476,6 +489,7 @@ class Uplink:
                 else:
                     self._connected.set()
                     self._set_state(f"connected ({connection.info.policy})", None)
+                delay = 0.0
                 try:
                     await self._session(connection)
                     if not self._stop.is_set() and not connection.recovery:
@@ -486,17 +500,23 @@ class Uplink:
                             # Dropped right after the handshake (a flapping link, a server
                             # that accepts and kills sessions): back off, or the TPM storms.
                             failures += 1
-                            await self._sleep(
-                                self._delay(failures, NetworkDown("connection dropped"))
-                            )
+                            delay = self._delay(failures, NetworkDown("connection dropped"))
                 except UplinkError as exc:
                     failures += 1
                     self._set_state("disconnected", exc)
-                    await self._sleep(self._delay(failures, exc))
+                    delay = self._delay(failures, exc)
+                except Exception as exc:  # the supervisor must not die
+                    _LOGGER.exception("uplink session failed unexpectedly")
+                    failures += 1
+                    error = ProtocolError(f"unexpected error: {type(exc).__name__}: {exc}")
+                    self._set_state("disconnected", error)
+                    delay = self._delay(failures, error)
                 finally:
                     self._connected.clear()
                     self._connection = None
                     await connection.close()
+                if delay:
+                    await self._sleep(delay)
         finally:
             if self._key is not None:
                 await asyncio.to_thread(self._key.close)
