@@ -88,7 +88,11 @@ class Watcher:
     def view(self) -> View:
         node = self.stack.logger
         status = node.status() or {}
-        buffer = status.get("buffer") or {}
+        try:
+            # Now, not as of the last tick (the status file's copy): the pusher drains between.
+            buffer = node.buffer_stats()
+        except (StackError, ValueError):
+            buffer = status.get("buffer") or {}
         meters = status.get("meters") or []
         view = View(
             source="receiver" if self.data_path else "logger buffer",

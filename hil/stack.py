@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -271,11 +272,10 @@ class Proc:
         _LIVE.discard(self)
 
     def wait(self, timeout: float) -> int:
+        """Wait for the process to exit by itself (subprocess.TimeoutExpired if it does not)."""
         assert self.popen is not None
-        try:
-            code = self.popen.wait(timeout)
-        finally:
-            self._join() if self.popen.poll() is not None else None
+        code = self.popen.wait(timeout)
+        self._join()
         return code
 
 
@@ -416,6 +416,10 @@ def _tpm_answers(port: int) -> bool:
     return len(answer) >= 10 and answer[6:10] == b"\x00\x00\x00\x00"
 
 
+def _answers_or_exited(port: int, proc: Proc) -> bool:
+    return _tpm_answers(port) or not proc.alive
+
+
 class Swtpm:
     """A software TPM on free ports with its state in ``state_dir`` (kept across restarts)."""
 
@@ -457,7 +461,7 @@ class Swtpm:
             try:
                 wait_until(
                     "swtpm to answer",
-                    lambda p=port, pr=proc: _tpm_answers(p) or not pr.alive,  # type: ignore[misc]
+                    functools.partial(_answers_or_exited, port, proc),
                     10.0,
                     0.01,
                 )
@@ -619,7 +623,7 @@ class ReceiverNode:
                     if self.port == 0:
                         continue  # lost a race for a fresh port: take another
                     # A restart right after a kill: the old socket is still being torn down.
-                    wait_until("the port to free up", lambda p=port: _port_free(p), 10.0)  # type: ignore[misc]
+                    wait_until("the port to free up", functools.partial(_port_free, port), 10.0)
                     continue
                 raise
             self.port = port
