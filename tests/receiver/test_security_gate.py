@@ -273,3 +273,54 @@ def test_repeated_refusals_do_not_flood_the_audit_log(spki: SharedPki, tmp_path:
             assert "+7 identical" in rejected[-1].detail
 
     run(scenario())
+
+
+def test_control_the_crafted_clients_do_get_into_a_stock_asyncua_server(
+    spki: SharedPki, tmp_path: Path
+) -> None:
+    """The attacks above are real: against a stock asyncua server (SignAndEncrypt endpoints
+    only, a certificate validator set) the same clients get a session and write. If asyncua
+    ever closes these holes itself, this test says so."""
+    from asyncua import Server
+    from asyncua.crypto.validator import CertificateValidator
+
+    other = TestPki.create(tmp_path / "other", root_name="Evil Root")
+    try:
+        evil_cert, evil_key = other.leaf("acme", "logger")
+    finally:
+        other.close()
+    trusted_der = spki.device.cert.public_bytes(serialization.Encoding.DER)
+
+    async def scenario() -> None:
+        server = Server()
+        await server.init()
+        server.set_endpoint("opc.tcp://127.0.0.1:0")
+        server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        server.iserver.certificate = spki.rx.cert
+        server.iserver.private_key = spki.rx.key
+        server.set_certificate_validator(CertificateValidator())  # the documented protection
+        idx = await server.register_namespace("urn:control")
+        var = await server.nodes.objects.add_variable(idx, "Setpoint", 1.0)
+        await var.set_writable()
+        await server.start()
+        try:
+            assert server.bserver is not None
+            url = f"opc.tcp://127.0.0.1:{server.bserver.port}"
+            written = []
+            for channel_cert, channel_key, claim in (
+                (None, None, None),  # (a) None channel
+                (evil_cert, evil_key, b""),  # (b) untrusted channel certificate, empty claim
+                (evil_cert, evil_key, trusted_der),  # (c) claims a trusted certificate
+            ):
+                client = crafted_client(url, channel_cert, channel_key, spki.rx.cert, claim)
+                await client.connect()
+                try:
+                    await client.get_node(var.nodeid).write_value(42.0)
+                    written.append(await var.read_value())
+                finally:
+                    await client.disconnect()
+            assert written == [42.0, 42.0, 42.0]
+        finally:
+            await server.stop()
+
+    run(scenario())

@@ -139,6 +139,11 @@ def crafted_client(
             params.ClientCertificate = claimed_cert or None
         desc = ua.ApplicationDescription()
         desc.ApplicationUri = "urn:attacker"
+        if params.ClientCertificate:
+            from logger.uplink.validation import application_uri, split_der_chain
+
+            claimed = split_der_chain(bytes(params.ClientCertificate))[0]
+            desc.ApplicationUri = application_uri(claimed) or desc.ApplicationUri
         desc.ApplicationType = ua.ApplicationType.Client
         params.ClientDescription = desc
         params.EndpointUrl = url
