@@ -311,3 +311,38 @@ def test_trust_list_accepts_a_renewed_org_ca_but_not_another_organizations(
     assert len(update.new_anchors) == 1 and "acme" in update.new_anchors[0]
     assert len(update.rejected) == 1 and "globex" in update.rejected[0]
     assert renewed in TrustStore.load(device.state_dir).anchors
+
+
+def test_control_a_stock_asyncua_client_accepts_the_rogue_server(
+    spki: SharedPki, tmp_path: Path
+) -> None:
+    """SECURITY.md gap 1 is real: asyncua's own client, with no server certificate given,
+    connects to a server whose certificate comes from an unrelated CA."""
+    from asyncua import Client
+    from asyncua.crypto import security_policies as sp
+
+    from tests.support.pki import DEVICE_KEY_PASSPHRASE
+
+    other = TestPki.create(tmp_path / "other", root_name="Evil Root")
+    try:
+        rogue = other.receiver("acme", application_uri=spki.rx.application_uri)
+    finally:
+        other.close()
+
+    async def scenario() -> None:
+        async with rogue_server(rogue.cert, rogue.key) as url:
+            client = Client(url, timeout=5)
+            client.application_uri = spki.device.application_uri
+            await client.set_security(
+                sp.SecurityPolicyBasic256Sha256,
+                str(spki.device.state_dir / "device-cert.pem"),
+                str(spki.device.state_dir / "device-key.pem"),
+                private_key_password=DEVICE_KEY_PASSPHRASE,
+            )
+            await client.connect()
+            try:
+                assert await client.nodes.server_state.read_value() is not None
+            finally:
+                await client.disconnect()
+
+    run(scenario())
