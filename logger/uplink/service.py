@@ -206,8 +206,11 @@ class UplinkService:
             "installation_reported": self.reported is not None,
         }
         if self._thread is not None:
-            with contextlib.suppress(Exception):
-                doc["connection"] = self._thread.status()
+            # Read the supervisor's plain attributes directly: this runs on the daemon's store
+            # thread while it writes the status file, and must never wait for the uplink's
+            # loop (a TPM operation may hold it for a second).
+            with contextlib.suppress(AssertionError):
+                doc["connection"] = self._thread.uplink.status()
         return doc
 
 
