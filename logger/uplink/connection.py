@@ -620,14 +620,12 @@ class UplinkThread:
         return future.result(timeout + 1)
 
     def status(self) -> dict[str, Any]:
-        if self._loop is None or self._uplink is None:
+        """A snapshot of the uplink's state, read without waiting for its loop (which may be
+        blocked in a TPM operation): plain attribute reads, consistent enough for a status
+        report."""
+        if self._uplink is None:
             return {"state": "not started"}
-        uplink = self._uplink
-
-        async def _status() -> dict[str, Any]:
-            return uplink.status()
-
-        return asyncio.run_coroutine_threadsafe(_status(), self._loop).result(5)
+        return self._uplink.status()
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._loop is None or self._uplink is None or self._thread is None:
