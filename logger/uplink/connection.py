@@ -315,11 +315,13 @@ class Uplink:
         return self._connection
 
     def status(self) -> dict[str, Any]:
-        info = self._connection.info.as_dict() if self._connection else None
+        connection = self._connection  # one read: the loop thread may clear it meanwhile
+        info = connection.info.as_dict() if connection is not None else None
+        error = self.last_error
         return {
             "state": self.state,
-            "error": str(self.last_error) if self.last_error else None,
-            "error_kind": self.last_error.kind if self.last_error else None,
+            "error": str(error) if error else None,
+            "error_kind": error.kind if error else None,
             "attempts": self.attempts,
             "connections": self.connections,
             "key_operations_per_connection": list(self.key_operations_per_connection[-10:]),
