@@ -13,12 +13,10 @@ file yet; ``buffer`` 0, 1 when there is no buffer database, 2 for a bad configur
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +35,6 @@ from logger.cli.common import (
 
 if TYPE_CHECKING:
     from logger.config import Config
-    from logger.store.api import StoredReading
 
 EXPORT_PAGE = 1000
 STALE_FACTOR = 3
@@ -374,75 +371,18 @@ def cmd_buffer_stats(args: argparse.Namespace) -> int:
     return OK
 
 
-EXPORT_FIELDS = (
-    "epoch",
-    "seq",
-    "meter_id",
-    "key",
-    "quantity",
-    "unit",
-    "value",
-    "kind",
-    "logger_time",
-    "meter_time",
-    "flags",
-    "storage",
-    "tariff",
-    "subunit",
-    "function",
-)
-
-
-def export_row(epoch: str, item: StoredReading) -> dict[str, Any]:
-    """One exported reading; the value stays the exact text the store holds."""
-    r = item.reading
-    return {
-        "epoch": epoch,
-        "seq": item.seq,
-        "meter_id": r.meter_id,
-        "key": r.key,
-        "quantity": r.quantity,
-        "unit": r.unit,
-        "value": r.value,
-        "kind": r.kind.value,
-        "logger_time": r.logger_time.isoformat(),
-        "meter_time": r.meter_time.isoformat() if r.meter_time else None,
-        "flags": sorted(r.flags),
-        "storage": r.storage,
-        "tariff": r.tariff,
-        "subunit": r.subunit,
-        "function": r.function,
-    }
-
-
-def _pages(store: Any, since: int) -> Iterator[StoredReading]:
-    while True:
-        page = store.read(since, EXPORT_PAGE)
-        if not page:
-            return
-        yield from page
-        since = page[-1].seq
-
-
 def cmd_buffer_export(args: argparse.Namespace) -> int:
+    from logger.store.export import csv_lines, iter_records, jsonl
+
     if args.since < 0:
         raise CliError("--since must be 0 or a sequence number", USAGE)
     config = _load(args.config)
     store = _open_readonly(config)
     try:
-        epoch = store.epoch
-        out = sys.stdout
-        if args.format == "csv":
-            writer = csv.DictWriter(out, EXPORT_FIELDS, lineterminator="\n")
-            writer.writeheader()
-            for item in _pages(store, args.since):
-                row = export_row(epoch, item)
-                row["flags"] = ";".join(row["flags"])
-                writer.writerow(row)
-        else:
-            for item in _pages(store, args.since):
-                out.write(json.dumps(export_row(epoch, item), ensure_ascii=False) + "\n")
-        out.flush()
+        records = iter_records(store, args.since, EXPORT_PAGE)
+        lines = csv_lines(records) if args.format == "csv" else jsonl(records)
+        sys.stdout.writelines(lines)
+        sys.stdout.flush()
     finally:
         store.close()
     return OK
