@@ -14,13 +14,16 @@ Address space of a receiver (namespace :data:`NAMESPACE_URI`)::
         ReportStatus(...)                    loggers only
         GetTrustList(...)                    loggers and operators
         Loggers/                             folder: one object per logger (by ApplicationUri)
-          <ApplicationUri>/
+          <ApplicationUri>/                  NodeId ns=<ns>;s=Loggers/<ApplicationUri>
             ApplicationUri, Serial, Location, FirmwareVersion, CertificateThumbprint,
-            CertificateNotAfter, LastContact, BufferDepth, Losses, ConfigVersion
+            CertificateNotAfter, LastContact, BufferDepth, OldestAgeSeconds, Losses,
+            ConfigVersion                    properties
             Meters/
               <meter>/
-                <record key>                 variable: exact value (String); properties
-                                             Unit, Quantity, SourceTimestamp, ValueDouble
+                <record key>                 variable: exact value (String), its
+                                             SourceTimestamp the logger's time of the
+                                             reading; properties Unit, Quantity,
+                                             MeterTime, ValueDouble, Sequence
 
 The device a call comes from is always the certificate that opened the secure channel, never
 an argument: a logger cannot write as another logger.

@@ -20,7 +20,8 @@ the storage at start (:meth:`AddressSpace.load`) and kept current after each pus
 pass over the batch: only the newest reading of each (meter, record) in the batch is queued,
 and a background writer puts it straight into the address space (no per-value service round
 trip). The push is answered as soon as the storage committed; while a backlog drains, batches
-coalesce in the queue, so the view costs one write per series and round, not per reading.
+coalesce in the queue, so the view costs one write per series and round, not per reading, and
+at most a tenth of the receiver's time.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ _LOGGER = logging.getLogger(__name__)
 NULL_TIME = dt.datetime(1601, 1, 1, tzinfo=dt.UTC)
 VIEW_INTERVAL_S = 1.0
 """The latest values are written into the address space at most this often."""
+VIEW_CPU_SHARE = 0.1
+"""...and with pauses that keep the writer under this share of the receiver's time."""
 
 LOGGER_PROPERTIES: tuple[tuple[str, ua.VariantType], ...] = (
     ("ApplicationUri", ua.VariantType.String),
@@ -228,17 +231,21 @@ class AddressSpace:
                         await asyncio.sleep(0)  # let pushes in between
 
     async def run(self, interval_s: float = VIEW_INTERVAL_S) -> None:
-        """The background writer: applies queued values, at most once per ``interval_s``
-        (a view a second old is current enough; a draining backlog coalesces meanwhile),
-        until cancelled."""
+        """The background writer, until cancelled: applies queued values at most once per
+        ``interval_s`` (a view a second old is current enough for 15-minute readings), and
+        never more often than keeps it under :data:`VIEW_CPU_SHARE` of the receiver's time:
+        while a backlog drains, batches coalesce in the queue and storing them wins."""
+        loop = asyncio.get_running_loop()
         while True:
             await self._dirty.wait()
             self._dirty.clear()
+            started = loop.time()
             try:
                 await self.flush()
             except Exception:  # the readings are stored; the view catches up with the next
                 _LOGGER.exception("address space update failed")
-            await asyncio.sleep(interval_s)
+            spent = loop.time() - started
+            await asyncio.sleep(max(interval_s, spent * (1 / VIEW_CPU_SHARE - 1)))
 
     async def _set_value(
         self,
