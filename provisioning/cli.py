@@ -34,9 +34,10 @@ from logger.cli.common import (
     USAGE,
     CliError,
     add_format,
+    emit,
     print_json,
     print_table,
-    setup_logging,
+    run_handler,
 )
 
 _LOGGER = logging.getLogger(__name__)
@@ -91,22 +92,13 @@ def _cert_doc(cert: Any) -> dict[str, Any]:
     }
 
 
-def _emit(args: argparse.Namespace, doc: Any, text: str | Callable[[], None]) -> None:
-    if getattr(args, "format", "text") == "json":
-        print_json(doc)
-    elif callable(text):
-        text()
-    else:
-        print(text)
-
-
 # -- root and organizations -----------------------------------------------------------------
 
 
 def _root_init(args: argparse.Namespace) -> int:
     with _open_pki(args) as pki:
         cert = pki.init_root(args.name, years=args.years)
-    _emit(
+    emit(
         args,
         _cert_doc(cert),
         f"root CA {args.name} created, thumbprint {_cert_doc(cert)['thumbprint']}",
@@ -118,7 +110,7 @@ def _org_create(args: argparse.Namespace) -> int:
     with _open_pki(args) as pki:
         cert = pki.create_org(args.org, args.contact, years=args.years)
     doc = {"org": args.org, "contact": args.contact, **_cert_doc(cert)}
-    _emit(
+    emit(
         args,
         doc,
         f"organization {args.org} created (CA thumbprint {doc['thumbprint']}, "
@@ -130,7 +122,7 @@ def _org_create(args: argparse.Namespace) -> int:
 def _org_revoke(args: argparse.Namespace) -> int:
     with _open_pki(args) as pki:
         pki.revoke_org(args.org, args.reason)
-    _emit(
+    emit(
         args,
         {"org": args.org, "revoked": True},
         f"organization CA of {args.org} revoked; root CRL re-signed and published",
@@ -207,7 +199,7 @@ def _device_enroll(args: argparse.Namespace) -> int:
             args.days,
         )
     doc = _installed_doc(installed, args.state_dir, args.serial)
-    _emit(
+    emit(
         args,
         doc,
         f"enrolled {args.serial} ({args.application_uri}) in {args.org}: "
@@ -219,7 +211,7 @@ def _device_enroll(args: argparse.Namespace) -> int:
 def _device_register(args: argparse.Namespace) -> int:
     with _open_pki(args) as pki:
         pki.register_device(args.org, args.serial, args.application_uri)
-    _emit(
+    emit(
         args,
         {"serial": args.serial, "application_uri": args.application_uri, "org": args.org},
         f"registered {args.serial} as {args.application_uri}",
@@ -257,7 +249,7 @@ def _device_sign(args: argparse.Namespace) -> int:
                 pki.ca(args.org).crl_path.read_bytes() + pki.ca("root").crl_path.read_bytes(),
             )
     doc = _cert_doc(cert)
-    _emit(args, doc, f"signed {doc['subject']} -> {out} (thumbprint {doc['thumbprint']})")
+    emit(args, doc, f"signed {doc['subject']} -> {out} (thumbprint {doc['thumbprint']})")
     return OK
 
 
@@ -284,7 +276,7 @@ def _device_revoke(args: argparse.Namespace) -> int:
             for row in rows:
                 pki.revoke(row.thumbprint, args.reason)
                 revoked.append(row.thumbprint)
-    _emit(args, {"revoked": revoked}, "\n".join(f"revoked {t}" for t in revoked))
+    emit(args, {"revoked": revoked}, "\n".join(f"revoked {t}" for t in revoked))
     return OK
 
 
@@ -295,7 +287,7 @@ def _device_renew(args: argparse.Namespace) -> int:
     with _open_pki(args) as pki:
         installed = renew_device(pki, args.serial, Path(args.state_dir), options, args.days)
     doc = _installed_doc(installed, args.state_dir, args.serial)
-    _emit(
+    emit(
         args,
         doc,
         f"renewed {args.serial}: new key, thumbprint {doc['thumbprint']}, valid "
@@ -325,7 +317,7 @@ def _batch_issue(args: argparse.Namespace) -> int:
             args.days,
         )
     docs = [i.as_dict() for i in items]
-    _emit(
+    emit(
         args,
         docs,
         lambda: print_table(docs, ["serial", "application_uri", "thumbprint", "not_after", "file"]),
@@ -347,7 +339,7 @@ def _server_issue(args: argparse.Namespace) -> int:
             args.days,
         )
     doc = {"dir": args.out, **_cert_doc(cert)}
-    _emit(
+    emit(
         args,
         doc,
         f"receiver directory {args.out} written (thumbprint {doc['thumbprint']});"
@@ -363,7 +355,7 @@ def _client_issue(args: argparse.Namespace) -> int:
     with _open_pki(args) as pki:
         cert = pki.issue_operator(args.org, args.name, Path(args.out), passphrase or b"", args.days)
     doc = {"dir": args.out, "role": "operator", **_cert_doc(cert)}
-    _emit(
+    emit(
         args,
         doc,
         f"operator client certificate for {args.name} written to {args.out} "
@@ -378,7 +370,7 @@ def _client_issue(args: argparse.Namespace) -> int:
 def _crl_refresh(args: argparse.Namespace) -> int:
     with _open_pki(args) as pki:
         done = pki.refresh_crls(days=args.days, force=args.force)
-    _emit(
+    emit(
         args,
         {"resigned": done},
         "re-signed: " + (", ".join(done) if done else "nothing (all CRLs fresh)"),
@@ -423,7 +415,7 @@ def _registry_import(args: argparse.Namespace) -> int:
         )
     with _open_pki(args) as pki:
         results = pki.import_installations(reports)
-    _emit(
+    emit(
         args,
         results,
         lambda: print_table(results, ["application_uri", "serial", "thumbprint", "result"]),
@@ -468,7 +460,7 @@ def _remind(args: argparse.Namespace) -> int:
         if not result.sent and not result.failed:
             print("no reminders due")
 
-    _emit(args, doc, text)
+    emit(args, doc, text)
     return TRANSIENT if result.failed else OK
 
 
@@ -683,7 +675,6 @@ def _exit_code(exc: BaseException) -> int | None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)
     if not args.verbose:
         os.environ.setdefault("TSS2_LOG", "all+NONE")  # our messages say it better
     handler = getattr(args, "handler", None)
@@ -693,21 +684,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.pki and handler.__module__ == __name__:
         print("mbus-provision: --pki DIR is required (or set MBUS_PKI_DIR)", file=sys.stderr)
         return USAGE
-    try:
-        return int(handler(args))
-    except CliError as exc:
-        print(f"mbus-provision: {exc}", file=sys.stderr)
-        return exc.code
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return OK
-    except Exception as exc:
-        code = _exit_code(exc)
-        if code is None:
-            raise
-        print(f"mbus-provision: {exc}", file=sys.stderr)
-        return code
+    return run_handler(handler, args, "mbus-provision", _exit_code)
 
 
 __all__ = ["CHECK_FAILED", "build_parser", "main"]

@@ -20,7 +20,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from logger.cli.common import OK, USAGE, CliError, add_format, print_json
+from logger.cli.common import OK, USAGE, CliError, add_format, emit
 from logger.update import (
     PRODUCT,
     UpdateError,
@@ -215,11 +215,12 @@ def _keygen(args: argparse.Namespace) -> int:
         public_path, fingerprint = generate_signing_key(_pki(args), _passphrase(args))
     except (SigningKeyError, UpdateError) as exc:
         raise CliError(str(exc), USAGE) from None
-    if args.format == "json":
-        print_json({"public_key": str(public_path), "sha256": fingerprint})
-    else:
-        print(f"update signing key created; public key {public_path}")
-        print(f"SHA-256 {fingerprint} (pin it on devices: mbus-logger update trust)")
+    emit(
+        args,
+        {"public_key": str(public_path), "sha256": fingerprint},
+        f"update signing key created; public key {public_path}\n"
+        f"SHA-256 {fingerprint} (pin it on devices: mbus-logger update trust)",
+    )
     return OK
 
 
@@ -242,11 +243,10 @@ def _sign(args: argparse.Namespace) -> int:
         raise CliError(str(exc), USAGE) from None
     except OSError as exc:
         raise CliError(f"cannot write the bundle: {exc}", USAGE) from None
-    if args.format == "json":
-        print_json(doc)
-    else:
-        print(
-            f"{doc['bundle']}: {doc['product']} {doc['version']} ({doc['architecture']}), "
-            f"{doc['files']} entries, signed with key {doc['key_sha256'][:16]}..."
-        )
+    emit(
+        args,
+        doc,
+        f"{doc['bundle']}: {doc['product']} {doc['version']} ({doc['architecture']}), "
+        f"{doc['files']} entries, signed with key {doc['key_sha256'][:16]}...",
+    )
     return OK

@@ -47,7 +47,7 @@ from logger.cli.common import (
     add_format,
     print_json,
     print_table,
-    setup_logging,
+    run_handler,
 )
 
 if TYPE_CHECKING:
@@ -160,21 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    handler: Callable[[argparse.Namespace], int] = args.handler
-    try:
-        return handler(args)
-    except CliError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return exc.code
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        # The reader went away (export | head): not an error. Keep Python from complaining
-        # about the closed stdout at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return OK
+    return run_handler(args.handler, args, PROG)
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,10 +29,14 @@ class CliError(Exception):
         self.code = code
 
 
-def add_format(parser: argparse.ArgumentParser, choices: tuple[str, ...] = ("text", "json"),
-               default: str = "text") -> None:
-    parser.add_argument("--format", choices=choices, default=default,
-                        help=f"output format (default {default})")
+def add_format(
+    parser: argparse.ArgumentParser,
+    choices: tuple[str, ...] = ("text", "json"),
+    default: str = "text",
+) -> None:
+    parser.add_argument(
+        "--format", choices=choices, default=default, help=f"output format (default {default})"
+    )
 
 
 def print_json(doc: Any) -> None:
@@ -51,21 +55,55 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    level = logging.DEBUG if verbose else getattr(
-        logging, os.environ.get("MBUS_LOG_LEVEL", "WARNING").upper(), logging.WARNING)
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = (
+        logging.DEBUG
+        if verbose
+        else getattr(logging, os.environ.get("MBUS_LOG_LEVEL", "WARNING").upper(), logging.WARNING)
+    )
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
-def run_handler(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a command; turn our errors into one stderr line and an exit code."""
+def emit(args: argparse.Namespace, doc: Any, text: str | Callable[[], None]) -> None:
+    """Print a command's result: ``doc`` as one JSON document under ``--format json``, else
+    ``text`` (a line, or a function that prints the human form)."""
+    if getattr(args, "format", "text") == "json":
+        print_json(doc)
+    elif callable(text):
+        text()
+    else:
+        print(text)
+
+
+def run_handler(
+    handler: Callable[[argparse.Namespace], int],
+    args: argparse.Namespace,
+    prog: str = "mbus-logger",
+    exit_code: Callable[[Exception], int | None] | None = None,
+) -> int:
+    """Run a command; turn our errors into one stderr line ``prog: message`` and an exit code.
+
+    ``exit_code`` maps a program's own exception classes to exit codes (``None``: not ours,
+    let it raise with its traceback), so handlers need not wrap every library call.
+    """
     setup_logging(getattr(args, "verbose", False))
     try:
         return int(handler(args))
     except CliError as exc:
-        print(f"mbus-logger: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        # The reader went away (``export | head``): not an error. Point stdout at /dev/null
+        # so that Python's final flush does not complain about the closed pipe at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return OK
+    except Exception as exc:
+        code = exit_code(exc) if exit_code is not None else None
+        if code is None:
+            raise
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return code

@@ -21,6 +21,7 @@ from logger.cli.common import (
     USAGE,
     CliError,
     add_format,
+    emit,
     print_json,
 )
 
@@ -169,13 +170,12 @@ def _apply(args: argparse.Namespace) -> int:
         "max_attempts": state.max_attempts,
         "restart": restart,
     }
-    if args.format == "json":
-        print_json(doc)
-    else:
-        print(
-            f"installed {verified.manifest.version} (previous {state.previous or 'none'}); "
-            f"on trial for {state.max_attempts} starts; {restart}"
-        )
+    emit(
+        args,
+        doc,
+        f"installed {verified.manifest.version} (previous {state.previous or 'none'}); "
+        f"on trial for {state.max_attempts} starts; {restart}",
+    )
     return OK
 
 
@@ -197,14 +197,13 @@ def _verify(args: argparse.Namespace) -> int:
         "files": len(manifest.entries),
         "bytes": manifest.total_bytes,
     }
-    if args.format == "json":
-        print_json(doc)
-    else:
-        print(
-            f"{args.bundle}: good signature; {manifest.product} {manifest.version} "
-            f"({manifest.architecture}, {len(manifest.entries)} entries, "
-            f"created {manifest.created})"
-        )
+    emit(
+        args,
+        doc,
+        f"{args.bundle}: good signature; {manifest.product} {manifest.version} "
+        f"({manifest.architecture}, {len(manifest.entries)} entries, "
+        f"created {manifest.created})",
+    )
     return OK
 
 
@@ -242,10 +241,7 @@ def _confirm(args: argparse.Namespace) -> int:
         message = Releases(_root(args)).confirm()
     except (UpdateError, OSError) as exc:
         raise _translate(exc) from None
-    if args.format == "json":
-        print_json({"message": message})
-    else:
-        print(message)
+    emit(args, {"message": message}, message)
     return OK
 
 
@@ -257,10 +253,7 @@ def _rollback(args: argparse.Namespace) -> int:
     except (UpdateError, OSError) as exc:
         raise _translate(exc) from None
     restart = _restart(args.no_restart)
-    if args.format == "json":
-        print_json({"message": message, "restart": restart})
-    else:
-        print(f"{message}; {restart}")
+    emit(args, {"message": message, "restart": restart}, f"{message}; {restart}")
     return OK
 
 
@@ -272,8 +265,9 @@ def _trust(args: argparse.Namespace) -> int:
         fingerprint = pin_trust_key(args.key_file, dest, replace=args.replace)
     except (UpdateError, OSError) as exc:
         raise _translate(exc) from None
-    if args.format == "json":
-        print_json({"trust_key": str(dest), "sha256": fingerprint})
-    else:
-        print(f"update key pinned at {dest}; SHA-256 {fingerprint}")
+    emit(
+        args,
+        {"trust_key": str(dest), "sha256": fingerprint},
+        f"update key pinned at {dest}; SHA-256 {fingerprint}",
+    )
     return OK
