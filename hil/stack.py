@@ -700,18 +700,25 @@ class MeterSpec:
     profile: str = ""
     telegrams: int = 1  # telegrams per read-out (simulated M-Bus)
 
-    def toml(self) -> str:
-        lines = ["[[meters]]", f'id = "{self.id}"', f'kind = "{self.kind}"']
+    def as_config(self) -> dict[str, Any]:
+        """The meter as a ``[[meters]]`` entry (and a cloud layer's ``meters`` item)."""
+        entry: dict[str, Any] = {"id": self.id, "kind": self.kind}
         if self.kind == "mbus":
-            lines.append('bus = "mbus0"')
+            entry["bus"] = "mbus0"
             if self.address.isdigit() and int(self.address) <= 250:
-                lines.append(f"primary_address = {int(self.address)}")
+                entry["primary_address"] = int(self.address)
             else:
-                lines.append(f'secondary_address = "{self.address}"')
+                entry["secondary_address"] = self.address
         else:
-            lines += [f'host = "{self.host}"', f"unit_id = {self.unit_id}"]
+            entry.update(host=self.host, unit_id=self.unit_id)
             if self.profile:
-                lines.append(f'profile = "{self.profile}"')
+                entry["profile"] = self.profile
+        return entry
+
+    def toml(self) -> str:
+        lines = ["[[meters]]"]
+        for key, value in self.as_config().items():
+            lines.append(f"{key} = {json.dumps(value)}")  # JSON strings and ints are TOML
         return "\n".join(lines) + "\n"
 
 
@@ -1230,7 +1237,35 @@ class Stack:
         if not self.tcti:
             self.swtpm = Swtpm(self.root / "tpm", self.logs / "swtpm.log")
             self.tcti = self.swtpm.start()
+        else:
+            # A TPM that outlives the stack (MBUS_HIL_TCTI): clear the bench's handle range
+            # of what an interrupted run left, so each run enrols into free handles.
+            self.evict_bench_keys()
         return self.tcti
+
+    def evict_bench_keys(self) -> list[int]:
+        """Remove the bench's persistent keys (handles from :data:`FIRST_KEY_HANDLE`) from a
+        TPM the stack does not own, with tpm2-tools; returns the handles removed."""
+        env = dict(os.environ, TPM2TOOLS_TCTI=self.tcti)
+        log = self.logs / "tpm-cleanup.log"
+        done = run("tpm2_getcap", ["tpm2_getcap", "handles-persistent"], log, env=env, check=False)
+        if done.returncode != 0:
+            raise StackError(
+                f"cannot list the keys of the TPM at {self.tcti} (tpm2-tools): "
+                f"{done.stderr.strip()}"
+            )
+        bench = range(FIRST_KEY_HANDLE, FIRST_KEY_HANDLE + 0x100)
+        found = [int(h, 16) for h in re.findall(r"0x[0-9a-fA-F]{8}", done.stdout)]
+        removed = []
+        for handle in (h for h in found if h in bench):
+            run(
+                "tpm2_evictcontrol",
+                ["tpm2_evictcontrol", "-C", "o", "-c", hex(handle)],
+                log,
+                env=env,
+            )
+            removed.append(handle)
+        return removed
 
     def start_pki(self) -> None:
         if self.bench.pki is not None:
@@ -1389,6 +1424,9 @@ class Stack:
         if self.swtpm is not None:
             with _collect(errors, "swtpm"):
                 self.swtpm.stop()
+        elif self.tcti:
+            with _collect(errors, "removing the bench's TPM keys"):
+                self.evict_bench_keys()
         if errors:
             _LOGGER.warning("stopping the stack: %s", "; ".join(errors))
 
