@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from logger import contract
 from logger.config import CloudLayerStore, load
 from logger.config.model import Config
+from logger.store.api import StoreError
 from logger.uplink.cloudconfig import CloudConfigFollower
 from logger.uplink.errors import LocalSetupError, UplinkError
 from logger.uplink.pusher import AcknowledgementMismatch, Pusher, ReceiverCaller
@@ -139,14 +140,24 @@ class UplinkService:
             if time.monotonic() >= self._next_status:
                 await self._report_status(caller)
                 self._next_status = time.monotonic() + up.status_interval_s
-        except (UplinkError, AcknowledgementMismatch) as exc:
+        except (UplinkError, AcknowledgementMismatch, StoreError) as exc:
+            self._problem(exc)
+            return
+        except Exception as exc:  # a receiver answering outside the contract must not stop
+            # the daemon: the readings stay buffered, the next round tries again.
+            if str(exc) != self._last_problem:
+                _LOGGER.exception("uplink round failed unexpectedly")
             self._problem(exc)
             return
         self._problem(None)
 
     def _problem(self, exc: BaseException | None) -> None:
         text = None if exc is None else str(exc)
-        kind = getattr(exc, "kind", "acknowledgement") if exc is not None else None
+        kind = None
+        if exc is not None:
+            kind = getattr(exc, "kind", None) or (
+                "acknowledgement" if isinstance(exc, AcknowledgementMismatch) else "error"
+            )
         if self.pusher is not None:
             self.pusher.stats.last_error = text
             self.pusher.stats.last_error_kind = kind
