@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -21,8 +21,12 @@ from .api import (
     AuditVerification,
     BadBatch,
     Columns,
+    Device,
     InvalidConfiguration,
     MeterHealth,
+    SequenceConflict,
+    StatusReport,
+    StoredReading,
 )
 
 # Sequence numbers are UInt64 in the contract but both databases store signed 64-bit integers.
@@ -141,6 +145,84 @@ def latest_per_record(rows: Sequence[Row]) -> list[Row]:
     for row in rows:
         last[(row[1], row[2])] = row
     return list(last.values())
+
+
+# What a backend reads back, as the same values whichever database holds them. ``when`` turns a
+# stored timestamp into an aware UTC datetime (or None): microseconds since 1970 in SQLite,
+# timestamptz in PostgreSQL.
+When = Callable[[Any], datetime | None]
+
+# The columns :func:`check_resent` expects, in this order.
+RESENT_COLUMNS = "seq, meter, record, value, unit, quantity, source_time, logger_time, flags"
+
+
+def check_resent(
+    device_uri: str, epoch: str, rows: Sequence[Row], stored: Iterable[Sequence[Any]], when: When
+) -> None:
+    """Every row of a batch that was partly stored already must equal its stored version.
+
+    ``stored`` are the records (:data:`RESENT_COLUMNS`) of the batch's sequence range. A
+    difference refuses the whole batch with :class:`SequenceConflict` naming the fields: a
+    logger that resends a sequence number with another value has lost its buffer's history.
+    """
+    by_seq: dict[int, Row] = {
+        rec[0]: (rec[0], rec[1], rec[2], rec[3], rec[4], rec[5], when(rec[6]), when(rec[7]), rec[8])
+        for rec in stored
+    }
+    for row in rows:
+        old = by_seq[row[0]]
+        if old != row:
+            raise SequenceConflict(device_uri, epoch, row[0], differences(old, row))
+
+
+def stored_reading(r: Sequence[Any], when: When) -> StoredReading:
+    """An exported reading from ``application_uri, epoch, seq, meter, record, value, unit,
+    quantity, source_time, logger_time, flags, received_at``."""
+    received = when(r[11])
+    assert received is not None  # NOT NULL in both schemas
+    return StoredReading(
+        device_uri=r[0],
+        epoch=r[1],
+        sequence=r[2],
+        meter=r[3],
+        record=r[4],
+        value=r[5],
+        unit=r[6],
+        quantity=r[7],
+        source_time=when(r[8]),
+        logger_time=when(r[9]),
+        flags=r[10],
+        received_at=received,
+    )
+
+
+def device(r: Sequence[Any], when: When) -> Device:
+    """A device from the backends' device query (``_DEVICE_SQL``: the devices columns, then the
+    newest configuration version); no status before the first status report."""
+    status = None
+    if r[9] is not None:
+        status = StatusReport(
+            buffer_depth=r[10],
+            oldest_age_s=r[11],
+            losses=r[12],
+            cert_days_left=r[13],
+            config_version=r[14],
+            meters=decode_meters(r[15]),
+        )
+    return Device(
+        application_uri=r[0],
+        serial=r[1],
+        thumbprint=r[2],
+        cert_not_after=when(r[3]),
+        location=r[4],
+        firmware=r[5],
+        first_contact=when(r[6]),
+        last_contact=when(r[7]),
+        last_peer=r[8],
+        status_at=when(r[9]),
+        status=status,
+        config_version=int(r[16] or 0),
+    )
 
 
 # --------------------------------------------------------------------------------------------

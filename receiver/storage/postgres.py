@@ -38,7 +38,6 @@ from .api import (
     Installation,
     LatestValue,
     PushResult,
-    SequenceConflict,
     StatusReport,
     StorageAuthError,
     StorageConfigError,
@@ -380,30 +379,15 @@ class PostgresStorage:
         """Every row of the batch must now equal what is stored; else the batch is refused."""
         # Sequences increase within a batch: one index range scan finds them all (an
         # ``= ANY(array)`` filter degrades to a scan of the whole epoch).
-        stored: dict[int, _rows.Row] = {}
-        for rec in await conn.fetch(
-            "SELECT seq, meter, record, value, unit, quantity, source_time, logger_time, flags "
-            "FROM readings WHERE device_id = $1 AND epoch = $2 AND seq BETWEEN $3 AND $4",
+        stored = await conn.fetch(
+            f"SELECT {_rows.RESENT_COLUMNS} FROM readings "
+            "WHERE device_id = $1 AND epoch = $2 AND seq BETWEEN $3 AND $4",
             device_id,
             epoch,
             rows[0][0],
             rows[-1][0],
-        ):
-            stored[rec[0]] = (
-                rec[0],
-                rec[1],
-                rec[2],
-                rec[3],
-                rec[4],
-                rec[5],
-                _rows.utc(rec[6]),
-                _rows.utc(rec[7]),
-                rec[8],
-            )
-        for row in rows:
-            old = stored[row[0]]
-            if old != row:
-                raise SequenceConflict(device_uri, epoch, row[0], _rows.differences(old, row))
+        )
+        _rows.check_resent(device_uri, epoch, rows, stored, _rows.utc)
 
     async def acknowledged(self, device_uri: str, epoch: str) -> int | None:
         rows = await self._query(
@@ -445,20 +429,7 @@ class PostgresStorage:
                 conn.transaction(isolation="repeatable_read", readonly=True),
             ):
                 async for r in conn.cursor(sql, *args, prefetch=2000):
-                    yield StoredReading(
-                        device_uri=r[0],
-                        epoch=r[1],
-                        sequence=r[2],
-                        meter=r[3],
-                        record=r[4],
-                        value=r[5],
-                        unit=r[6],
-                        quantity=r[7],
-                        source_time=_rows.utc(r[8]),
-                        logger_time=_rows.utc(r[9]),
-                        flags=r[10],
-                        received_at=r[11],
-                    )
+                    yield _rows.stored_reading(r, _rows.utc)
 
     async def latest_values(self, device_uri: str | None = None) -> list[LatestValue]:
         sql = (
@@ -570,41 +541,15 @@ class PostgresStorage:
 
         await self._transaction(work)
 
-    @staticmethod
-    def _device(r: Sequence[Any]) -> Device:
-        status = None
-        if r[9] is not None:
-            status = StatusReport(
-                buffer_depth=r[10],
-                oldest_age_s=r[11],
-                losses=r[12],
-                cert_days_left=r[13],
-                config_version=r[14],
-                meters=_rows.decode_meters(r[15]),
-            )
-        return Device(
-            application_uri=r[0],
-            serial=r[1],
-            thumbprint=r[2],
-            cert_not_after=r[3],
-            location=r[4],
-            firmware=r[5],
-            first_contact=r[6],
-            last_contact=r[7],
-            last_peer=r[8],
-            status_at=r[9],
-            status=status,
-            config_version=int(r[16] or 0),
-        )
-
     async def devices(self) -> list[Device]:
         return [
-            self._device(r) for r in await self._query(_DEVICE_SQL + " ORDER BY d.application_uri")
+            _rows.device(r, _rows.utc)
+            for r in await self._query(_DEVICE_SQL + " ORDER BY d.application_uri")
         ]
 
     async def device(self, device_uri: str) -> Device | None:
         rows = await self._query(_DEVICE_SQL + " WHERE d.application_uri = $1", device_uri)
-        return self._device(rows[0]) if rows else None
+        return _rows.device(rows[0], _rows.utc) if rows else None
 
     # -- cloud configuration ----------------------------------------------------------------
     async def set_config(self, device_uri: str, json_text: str, set_by: str = "") -> int:

@@ -34,7 +34,6 @@ from .api import (
     Installation,
     LatestValue,
     PushResult,
-    SequenceConflict,
     StatusReport,
     StorageConfigError,
     StorageError,
@@ -413,27 +412,12 @@ class SqliteStorage:
 
         Sequences increase within a batch, so one index range scan finds every stored row.
         """
-        stored: dict[int, _rows.Row] = {}
-        for rec in db.execute(
-            "SELECT seq, meter, record, value, unit, quantity, source_time, logger_time, flags "
-            "FROM readings WHERE device_id = ? AND epoch = ? AND seq BETWEEN ? AND ?",
+        stored = db.execute(
+            f"SELECT {_rows.RESENT_COLUMNS} FROM readings "
+            "WHERE device_id = ? AND epoch = ? AND seq BETWEEN ? AND ?",
             (device_id, epoch, rows[0][0], rows[-1][0]),
-        ):
-            stored[rec[0]] = (
-                rec[0],
-                rec[1],
-                rec[2],
-                rec[3],
-                rec[4],
-                rec[5],
-                _dt(rec[6]),
-                _dt(rec[7]),
-                rec[8],
-            )
-        for row in rows:
-            old = stored[row[0]]
-            if old != row:
-                raise SequenceConflict(device_uri, epoch, row[0], _rows.differences(old, row))
+        )
+        _rows.check_resent(device_uri, epoch, rows, stored, _dt)
 
     async def acknowledged(self, device_uri: str, epoch: str) -> int | None:
         def query() -> int | None:
@@ -479,22 +463,7 @@ class SqliteStorage:
         while True:
             batch = await self._run(chunk, after)
             for rec in batch:
-                received = _dt(rec[12])
-                assert received is not None
-                yield StoredReading(
-                    device_uri=rec[1],
-                    epoch=rec[2],
-                    sequence=rec[3],
-                    meter=rec[4],
-                    record=rec[5],
-                    value=rec[6],
-                    unit=rec[7],
-                    quantity=rec[8],
-                    source_time=_dt(rec[9]),
-                    logger_time=_dt(rec[10]),
-                    flags=rec[11],
-                    received_at=received,
-                )
+                yield _rows.stored_reading(rec[1:], _dt)
             if len(batch) < _EXPORT_CHUNK:
                 return
             after = batch[-1][0]
@@ -608,37 +577,10 @@ class SqliteStorage:
         "(SELECT max(version) FROM configs c WHERE c.device_id = d.id) FROM devices d"
     )
 
-    @staticmethod
-    def _device(r: Sequence[Any]) -> Device:
-        status = None
-        if r[9] is not None:
-            status = StatusReport(
-                buffer_depth=r[10],
-                oldest_age_s=r[11],
-                losses=r[12],
-                cert_days_left=r[13],
-                config_version=r[14],
-                meters=_rows.decode_meters(r[15]),
-            )
-        return Device(
-            application_uri=r[0],
-            serial=r[1],
-            thumbprint=r[2],
-            cert_not_after=_dt(r[3]),
-            location=r[4],
-            firmware=r[5],
-            first_contact=_dt(r[6]),
-            last_contact=_dt(r[7]),
-            last_peer=r[8],
-            status_at=_dt(r[9]),
-            status=status,
-            config_version=int(r[16] or 0),
-        )
-
     async def devices(self) -> list[Device]:
         def query() -> list[Device]:
             return [
-                self._device(r)
+                _rows.device(r, _dt)
                 for r in self._db.execute(self._DEVICE_SQL + " ORDER BY d.application_uri")
             ]
 
@@ -649,7 +591,7 @@ class SqliteStorage:
             r = self._db.execute(
                 self._DEVICE_SQL + " WHERE d.application_uri = ?", (device_uri,)
             ).fetchone()
-            return None if r is None else self._device(r)
+            return None if r is None else _rows.device(r, _dt)
 
         return await self._run(query)
 
