@@ -200,6 +200,15 @@ def last_meter_state(node: LoggerNode, meter: str) -> dict[str, Any]:
     raise AssertionError(f"meter {meter} is not in the status file")
 
 
+def uplink_connection(node: LoggerNode) -> dict[str, Any]:
+    """The uplink's connection state from the daemon's status file ({} when absent)."""
+    services = (node.status() or {}).get("services") or {}
+    connection = (services.get("uplink") or {}).get("connection") or {}
+    result: dict[str, Any] = dict(connection)
+    result["connected"] = str(connection.get("state", "")).startswith("connected")
+    return result
+
+
 def wait_ticks(node: LoggerNode, ticks: int, timeout: float = 60.0) -> dict[str, Any]:
     """Wait until the running daemon has finished ``ticks`` more ticks."""
     start = (node.status() or {}).get("ticks", 0)
@@ -417,10 +426,19 @@ def test_revocation(stack: Stack) -> None:
     wait_ticks(node, 2)
     assert node.alive and node.committed() > before, "the logger stopped buffering"
     if CAPS.data_path:
-        # Nothing taken after the refusal is stored at the receiver.
+        # The running daemon's own channel is refused too, and nothing more is stored.
+        wait_until(
+            "the running logger's uplink to report the refusal",
+            lambda: (c := uplink_connection(node)).get("error_kind") and not c.get("connected"),
+            40.0,
+            0.5,
+        )
+        stored = max((r.sequence for r in delivered(receiver, node)), default=0)
+        taken_before = node.committed()
         wait_ticks(node, 2)
-        stored = {r.sequence for r in delivered(receiver, node)}
-        assert node.committed() not in stored
+        assert node.committed() > taken_before
+        assert max((r.sequence for r in delivered(receiver, node)), default=0) == stored
+        assert node.buffer_stats()["depth"] >= node.committed() - stored
 
 
 # --- short-lived certificate ---------------------------------------------------------------------
