@@ -19,25 +19,13 @@ from logger.mbus.application import ERROR, FIXED, VARIABLE, Telegram, parse_tele
 from logger.mbus.errors import DecodeError
 from logger.mbus.numbers import hexstr
 from logger.mbus.records import storage_number
+from logger.mbus.tables import application_error_text
 
 PROLOG = '<?xml version="1.0" encoding="ISO-8859-1"?>\n<MBusData>\n\n'
 END = "</MBusData>\n"
 
 # libmbus accepts these C fields for long/control frames (RSP_UD with ACD/DFC variants).
 _RSP_UD = (0x08, 0x18, 0x28, 0x38)
-
-_ERRORS = (
-    "Unspecified error",
-    "Unimplemented CI-Field",
-    "Buffer too long, truncated",
-    "Too many records",
-    "Premature end of record",
-    "More than 10 DIFE\u00b4s",
-    "More than 10 VIFE\u00b4s",
-    "Reserved",
-    "Application busy",
-    "Too many readouts",
-)
 
 _FUNCTION = ("Instantaneous value", "Maximum value", "Minimum value", "Value during error state")
 
@@ -1012,7 +1000,7 @@ def _fixed_xml(d: bytes) -> str:
 
 
 def error_xml(code: int) -> str:
-    text = _ERRORS[code] if 0 <= code < len(_ERRORS) else "Unknown error (0x%02X)" % code
+    text = application_error_text(code)
     return (
         PROLOG + "    <SlaveInformation>\n        <Error>%s</Error>\n"
         "    </SlaveInformation>\n\n" % _enc(text) + END
