@@ -64,6 +64,26 @@ def _text(data: bytes) -> str:
     return "".join([chr(b) for b in reversed(data)])
 
 
+def _extensions(data: bytes, pos: int, end: int, base: int, name: str, limit: int) -> bytes:
+    """The DIFE or VIFE chain at ``data[pos:]``: bit 7 of each byte says another one follows.
+
+    ``name`` ("DIFE"/"VIFE") and ``limit`` (EN 13757-3 allows 10) shape the error messages.
+    """
+    p = pos
+    while True:
+        if p >= end:
+            raise TruncatedRecord("record ends inside its %ss" % name, base + p, "a " + name)
+        if p - pos >= limit:
+            raise DecodeError(
+                "more than %d %ss" % (limit, name), base + p, "at most %d %ss" % (limit, name)
+            )
+        b = data[p]
+        p += 1
+        if not b & 0x80:
+            break
+    return bytes(data[pos:p])
+
+
 def parse_records(
     data: bytes, start: int, base: int = 0, libmbus: bool = False
 ) -> tuple[list, bool]:
@@ -91,18 +111,8 @@ def parse_records(
         pos += 1
         difes = b""
         if dif & 0x80:
-            p = pos
-            while True:
-                if p >= end:
-                    raise TruncatedRecord("record ends inside its DIFEs", base + p, "a DIFE")
-                if p - pos >= MAX_DIFE:
-                    raise DecodeError("more than %d DIFEs" % MAX_DIFE, base + p, "at most 10 DIFEs")
-                b = data[p]
-                p += 1
-                if not b & 0x80:
-                    break
-            difes = bytes(data[pos:p])
-            pos = p
+            difes = _extensions(data, pos, end, base, "DIFE", MAX_DIFE)
+            pos += len(difes)
         if pos >= end:
             raise TruncatedRecord("record ends before its VIF", base + pos, "a VIF")
         vif = data[pos]
@@ -130,18 +140,8 @@ def parse_records(
             pos += 1 + n
         vifes = b""
         if vif & 0x80:
-            p = pos
-            while True:
-                if p >= end:
-                    raise TruncatedRecord("record ends inside its VIFEs", base + p, "a VIFE")
-                if p - pos >= MAX_VIFE:
-                    raise DecodeError("more than %d VIFEs" % MAX_VIFE, base + p, "at most 10 VIFEs")
-                b = data[p]
-                p += 1
-                if not b & 0x80:
-                    break
-            vifes = bytes(data[pos:p])
-            pos = p
+            vifes = _extensions(data, pos, end, base, "VIFE", MAX_VIFE)
+            pos += len(vifes)
         length = DATA_LENGTH[dif & 0x0F]
         lvar = None
         if length is None:
