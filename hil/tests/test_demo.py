@@ -68,3 +68,58 @@ def test_demo_refuses_a_used_directory(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "not empty" in done.stderr
+
+
+def test_interactive_demo_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """On a terminal: the live table appears, Ctrl-C (the terminal's ^C, not a signal sent
+    to a pid) stops everything and the temporary directory goes away."""
+    import fcntl
+    import pty
+    import select
+    import termios
+    import time
+
+    master, slave = pty.openpty()
+
+    def controlling_tty() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hil.demo"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+        preexec_fn=controlling_tty,
+        env=dict(os.environ, TMPDIR=str(tmp_path)),
+    )
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 90
+        while b"certificate" not in seen or b"meter " not in seen:
+            assert time.monotonic() < deadline, seen.decode(errors="replace")[-2000:]
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                seen += os.read(master, 65536)
+            assert proc.poll() is None, seen.decode(errors="replace")[-2000:]
+        os.write(master, b"\x03")  # ^C: the terminal sends SIGINT to its foreground group
+        while proc.poll() is None:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:
+                    break
+            assert time.monotonic() < deadline + 60, "the demo did not stop on Ctrl-C"
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert b"mbus-ua-logger demo" in seen and b"stopping" in seen
+    text = seen.decode(errors="replace")
+    root = Path(text.split("starting the stack in ", 1)[1].split(" ", 1)[0].strip())
+    assert root.parent == tmp_path and not root.exists(), "the temporary state was kept"
+    assert not _processes_mentioning(str(tmp_path)), "the demo left processes running"
