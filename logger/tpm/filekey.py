@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import NoDigestInfo, Prehas
 from cryptography.hazmat.primitives.hashes import HashAlgorithm
 
 from logger.tpm.errors import KeyFileError
+from logger.tpm.state import replace_file
 
 #: Name of the systemd credential (LoadCredential=/SetCredentialEncrypted=) holding the
 #: passphrase of the device key file, or the auth value of the TPM key.
@@ -81,23 +82,7 @@ def find_secret(state_dir: Path, secret_file: Path | None = None) -> bytes | Non
 
 def write_private_bytes(path: Path, data: bytes) -> None:
     """Write a secret atomically with mode 0600 from the first byte (no umask window)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb", closefd=True) as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    replace_file(path, data, 0o600)
 
 
 def encrypt_private_key(key: rsa.RSAPrivateKey, passphrase: bytes) -> bytes:

@@ -84,8 +84,18 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` atomically: tmp + fsync + rename + fsync(dir)."""
+    """Write ``data`` to ``path`` atomically, creating its directory (0700) when missing."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    replace_file(path, data, mode)
+
+
+def replace_file(path: Path, data: bytes, mode: int) -> None:
+    """Replace ``path`` durably: tmp + fsync + rename + fsync(dir); a reader or a power cut
+    sees the old or the new content, never a torn one.
+
+    The temporary file has ``mode`` from its first byte (no umask window for a secret) and is
+    opened with O_NOFOLLOW, so a planted symlink cannot redirect the write.
+    """
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
@@ -360,5 +370,6 @@ __all__ = [
     "ensure_private_dir",
     "load_pem_certs",
     "pem_certs",
+    "replace_file",
     "ski_name",
 ]
