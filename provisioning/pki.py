@@ -554,24 +554,9 @@ class Pki:
         ca = self.org_ca(org)
         self.check_can_issue(ca, now)
         key = profile.new_rsa_key(2048)
-        created = not out.exists()
-        with (
-            self._files_or_nothing(
-                [out]
-                if created
-                else [
-                    out / n
-                    for n in (
-                        "server-cert.pem",
-                        "server-key.pem",
-                        "trust",
-                        "crl",
-                        "chain.pem",
-                        "receiver.json",
-                    )
-                ]
-            ),
-            self.registry.transaction(),
+        with self._issuing_into(
+            out,
+            ("server-cert.pem", "server-key.pem", "trust", "crl", "chain.pem", "receiver.json"),
         ):
             cert = self.issue(org, entity, key.public_key(), days, "active", now)
             ensure_private_dir(out)
@@ -619,24 +604,9 @@ class Pki:
         ca = self.org_ca(org)
         self.check_can_issue(ca, now)
         key = profile.new_rsa_key(2048)
-        created = not out.exists()
-        with (
-            self._files_or_nothing(
-                [out]
-                if created
-                else [
-                    out / n
-                    for n in (
-                        "client-cert.pem",
-                        "client-key.pem",
-                        "trust",
-                        "crl",
-                        "client-cert.der",
-                        "chain.pem",
-                    )
-                ]
-            ),
-            self.registry.transaction(),
+        with self._issuing_into(
+            out,
+            ("client-cert.pem", "client-key.pem", "trust", "crl", "client-cert.der", "chain.pem"),
         ):
             cert = self.issue(org, entity, key.public_key(), days, "active", now)
             ensure_private_dir(out)
@@ -648,6 +618,18 @@ class Pki:
         return cert
 
     # -- helpers ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _issuing_into(self, out: Path, names: tuple[str, ...]) -> Iterator[None]:
+        """Write an issued bundle into ``out`` all or nothing: when the body fails, remove
+        ``out`` if it did not exist before (else the ``names`` in it) and roll the registry
+        back, so a retry starts clean and the registry names no certificate that was lost."""
+        created = not out.exists()
+        with (
+            self._files_or_nothing([out] if created else [out / n for n in names]),
+            self.registry.transaction(),
+        ):
+            yield
+
     @contextlib.contextmanager
     def _files_or_nothing(self, paths: list[Path]) -> Iterator[None]:
         """Remove ``paths`` (files or whole directories) when the body fails."""
