@@ -28,7 +28,7 @@ from receiver.storage import (
 )
 from receiver.storage._rows import audit_hash
 from tests.support.postgres import PostgresServer, free_port
-from tests.support.receiver_storage import T0, batch, execute_raw, run
+from tests.support.receiver_storage import T0, batch, execute_raw, run, run_with_storage
 
 DEV = "urn:example:logger:0001"
 DEV2 = "urn:example:logger:0002"
@@ -47,87 +47,71 @@ async def exported(storage: Storage, **filters: object) -> list[tuple[object, ..
 
 
 def test_push_stores_a_batch_and_acknowledges_its_last_sequence(storage_url: str) -> None:
-    async def scenario() -> None:
-        storage = await open_storage(storage_url)
-        try:
-            result = await storage.push(DEV, THUMB, "e1", batch(0, 100))
-            assert (result.acknowledged_up_to, result.inserted, result.duplicates) == (99, 100, 0)
-            rows = await exported(storage)
-            assert [r[2] for r in rows] == list(range(100))
-            assert rows[7][5] == "7.007"
-            assert await storage.acknowledged(DEV, "e1") == 99
-            assert await storage.acknowledged(DEV, "other") is None
-        finally:
-            await storage.close()
+    async def scenario(storage: Storage) -> None:
+        result = await storage.push(DEV, THUMB, "e1", batch(0, 100))
+        assert (result.acknowledged_up_to, result.inserted, result.duplicates) == (99, 100, 0)
+        rows = await exported(storage)
+        assert [r[2] for r in rows] == list(range(100))
+        assert rows[7][5] == "7.007"
+        assert await storage.acknowledged(DEV, "e1") == 99
+        assert await storage.acknowledged(DEV, "other") is None
 
-    run(scenario())
+    run_with_storage(storage_url, scenario)
 
 
 def test_resent_identical_batch_changes_nothing_and_is_acknowledged(storage_url: str) -> None:
     # A logger that crashed after the receiver committed resends the batch: acknowledge it
     # again, store nothing twice.
-    async def scenario() -> None:
-        storage = await open_storage(storage_url)
-        try:
-            await storage.push(DEV, THUMB, "e1", batch(0, 50))
-            again = await storage.push(DEV, THUMB, "e1", batch(0, 50))
-            assert (again.acknowledged_up_to, again.inserted, again.duplicates) == (49, 0, 50)
-            overlap = await storage.push(DEV, THUMB, "e1", batch(40, 20))
-            assert (overlap.acknowledged_up_to, overlap.inserted, overlap.duplicates) == (
-                59,
-                10,
-                10,
-            )
-            assert [r[2] for r in await exported(storage)] == list(range(60))
-        finally:
-            await storage.close()
+    async def scenario(storage: Storage) -> None:
+        await storage.push(DEV, THUMB, "e1", batch(0, 50))
+        again = await storage.push(DEV, THUMB, "e1", batch(0, 50))
+        assert (again.acknowledged_up_to, again.inserted, again.duplicates) == (49, 0, 50)
+        overlap = await storage.push(DEV, THUMB, "e1", batch(40, 20))
+        assert (overlap.acknowledged_up_to, overlap.inserted, overlap.duplicates) == (
+            59,
+            10,
+            10,
+        )
+        assert [r[2] for r in await exported(storage)] == list(range(60))
 
-    run(scenario())
+    run_with_storage(storage_url, scenario)
 
 
 def test_resent_sequence_with_other_content_is_refused_and_nothing_stored(
     storage_url: str,
 ) -> None:
     # A buffer reset without a new epoch (or tampering) would overwrite history: refuse.
-    async def scenario() -> None:
-        storage = await open_storage(storage_url)
-        try:
-            await storage.push(DEV, THUMB, "e1", batch(0, 10))
-            forged = batch(5, 10)  # 5..9 already stored, 10..14 new
-            forged["Value"][2] = "999"  # sequence 7
-            with pytest.raises(SequenceConflict) as info:
-                await storage.push(DEV, THUMB, "e1", forged)
-            assert info.value.sequence == 7
-            assert "value: stored '7.007', sent '999'" in str(info.value)
-            # The whole batch was refused: the new sequences 10..14 are not stored either.
-            assert [r[2] for r in await exported(storage)] == list(range(10))
-            assert await storage.acknowledged(DEV, "e1") == 9
-            # A differing timestamp is different content too.
-            moved = batch(3, 1, t0=T0 + timedelta(microseconds=1))
-            with pytest.raises(SequenceConflict, match="logger_time"):
-                await storage.push(DEV, THUMB, "e1", moved)
-        finally:
-            await storage.close()
+    async def scenario(storage: Storage) -> None:
+        await storage.push(DEV, THUMB, "e1", batch(0, 10))
+        forged = batch(5, 10)  # 5..9 already stored, 10..14 new
+        forged["Value"][2] = "999"  # sequence 7
+        with pytest.raises(SequenceConflict) as info:
+            await storage.push(DEV, THUMB, "e1", forged)
+        assert info.value.sequence == 7
+        assert "value: stored '7.007', sent '999'" in str(info.value)
+        # The whole batch was refused: the new sequences 10..14 are not stored either.
+        assert [r[2] for r in await exported(storage)] == list(range(10))
+        assert await storage.acknowledged(DEV, "e1") == 9
+        # A differing timestamp is different content too.
+        moved = batch(3, 1, t0=T0 + timedelta(microseconds=1))
+        with pytest.raises(SequenceConflict, match="logger_time"):
+            await storage.push(DEV, THUMB, "e1", moved)
 
-    run(scenario())
+    run_with_storage(storage_url, scenario)
 
 
 def test_the_same_sequence_in_another_epoch_or_device_is_another_reading(
     storage_url: str,
 ) -> None:
-    async def scenario() -> None:
-        storage = await open_storage(storage_url)
-        try:
-            await storage.push(DEV, THUMB, "e1", batch(0, 5))
-            other_epoch = await storage.push(DEV, THUMB, "e2", batch(0, 5, value="1"))
-            other_device = await storage.push(DEV2, "b" * 40, "e1", batch(0, 5, value="2"))
-            assert other_epoch.inserted == 5 and other_device.inserted == 5
-            assert len(await exported(storage)) == 15
-            assert len(await exported(storage, device_uri=DEV2)) == 5
-        finally:
-            await storage.close()
+    async def scenario(storage: Storage) -> None:
+        await storage.push(DEV, THUMB, "e1", batch(0, 5))
+        other_epoch = await storage.push(DEV, THUMB, "e2", batch(0, 5, value="1"))
+        other_device = await storage.push(DEV2, "b" * 40, "e1", batch(0, 5, value="2"))
+        assert other_epoch.inserted == 5 and other_device.inserted == 5
+        assert len(await exported(storage)) == 15
+        assert len(await exported(storage, device_uri=DEV2)) == 5
 
-    run(scenario())
+    run_with_storage(storage_url, scenario)
 
 
 @pytest.mark.parametrize(
@@ -146,37 +130,29 @@ def test_the_same_sequence_in_another_epoch_or_device_is_another_reading(
 def test_malformed_batches_are_refused_whole(
     storage_url: str, mangle: object, message: str, too_large: bool
 ) -> None:
-    async def scenario() -> None:
-        storage = await open_storage(storage_url)
-        try:
-            columns = batch(0, 10)
-            mangle(columns)  # type: ignore[operator]
-            with pytest.raises(BadBatch, match=re.escape(message)) as info:
-                await storage.push(DEV, THUMB, "e1", columns)
-            assert info.value.too_large is too_large
-            assert await exported(storage) == []
-        finally:
-            await storage.close()
+    async def scenario(storage: Storage) -> None:
+        columns = batch(0, 10)
+        mangle(columns)  # type: ignore[operator]
+        with pytest.raises(BadBatch, match=re.escape(message)) as info:
+            await storage.push(DEV, THUMB, "e1", columns)
+        assert info.value.too_large is too_large
+        assert await exported(storage) == []
 
-    run(scenario())
+    run_with_storage(storage_url, scenario)
 
 
 def test_oversized_empty_and_epochless_batches_are_refused(storage_url: str) -> None:
-    async def scenario() -> None:
-        storage = await open_storage(storage_url)
-        try:
-            with pytest.raises(BadBatch, match="exceeds") as info:
-                await storage.push(DEV, THUMB, "e1", batch(0, MAX_BATCH + 1))
-            assert info.value.too_large
-            with pytest.raises(BadBatch, match="empty batch"):
-                await storage.push(DEV, THUMB, "e1", batch(0, 0))
-            with pytest.raises(BadBatch, match="Epoch"):
-                await storage.push(DEV, THUMB, "", batch(0, 1))
-            assert await exported(storage) == []
-        finally:
-            await storage.close()
+    async def scenario(storage: Storage) -> None:
+        with pytest.raises(BadBatch, match="exceeds") as info:
+            await storage.push(DEV, THUMB, "e1", batch(0, MAX_BATCH + 1))
+        assert info.value.too_large
+        with pytest.raises(BadBatch, match="empty batch"):
+            await storage.push(DEV, THUMB, "e1", batch(0, 0))
+        with pytest.raises(BadBatch, match="Epoch"):
+            await storage.push(DEV, THUMB, "", batch(0, 1))
+        assert await exported(storage) == []
 
-    run(scenario())
+    run_with_storage(storage_url, scenario)
 
 
 def test_values_and_times_cross_exactly(storage_url: str) -> None:
@@ -195,37 +171,31 @@ def test_values_and_times_cross_exactly(storage_url: str) -> None:
     naive = datetime(2026, 3, 1, 10, 15, 30, 123456)
     east = datetime(2026, 3, 1, 12, 0, 0, 1, tzinfo=timezone(timedelta(hours=2)))
 
-    async def scenario() -> None:
-        storage = await open_storage(storage_url)
-        try:
-            n = len(values)
-            columns = batch(0, n)
-            columns["Value"] = list(values)
-            columns["SourceTime"] = [naive, datetime(1601, 1, 1)] + [None] * (n - 2)
-            columns["LoggerTime"][0] = east
-            columns["Flags"][0] = "clock_unsynced"
-            await storage.push(DEV, THUMB, "e1", columns)
-            got = [r async for r in storage.export()]
-            assert [r.value for r in got] == values
-            assert got[0].source_time == naive.replace(tzinfo=UTC)
-            assert got[1].source_time is None  # OPC UA null DateTime
-            assert got[0].logger_time == east
-            assert got[0].logger_time is not None and got[0].logger_time.utcoffset() == (
-                timedelta(0)
-            )
-            assert got[0].flags == "clock_unsynced"
-            # The same batch with the time in another zone is the same content.
-            columns["LoggerTime"][0] = east.astimezone(UTC)
-            assert (await storage.push(DEV, THUMB, "e1", columns)).duplicates == n
-            latest = {v.record: v for v in await storage.latest_values(DEV)}
-            # Latest per record (records cycle r0..r3): the float beside the exact text.
-            assert latest["r2"].value == "1E+3" and latest["r2"].value_double == 1000.0
-            assert latest["r0"].value == "" and latest["r0"].value_double is None
-            assert latest["r3"].value == "NaN" and latest["r3"].value_double is None
-        finally:
-            await storage.close()
+    async def scenario(storage: Storage) -> None:
+        n = len(values)
+        columns = batch(0, n)
+        columns["Value"] = list(values)
+        columns["SourceTime"] = [naive, datetime(1601, 1, 1)] + [None] * (n - 2)
+        columns["LoggerTime"][0] = east
+        columns["Flags"][0] = "clock_unsynced"
+        await storage.push(DEV, THUMB, "e1", columns)
+        got = [r async for r in storage.export()]
+        assert [r.value for r in got] == values
+        assert got[0].source_time == naive.replace(tzinfo=UTC)
+        assert got[1].source_time is None  # OPC UA null DateTime
+        assert got[0].logger_time == east
+        assert got[0].logger_time is not None and got[0].logger_time.utcoffset() == (timedelta(0))
+        assert got[0].flags == "clock_unsynced"
+        # The same batch with the time in another zone is the same content.
+        columns["LoggerTime"][0] = east.astimezone(UTC)
+        assert (await storage.push(DEV, THUMB, "e1", columns)).duplicates == n
+        latest = {v.record: v for v in await storage.latest_values(DEV)}
+        # Latest per record (records cycle r0..r3): the float beside the exact text.
+        assert latest["r2"].value == "1E+3" and latest["r2"].value_double == 1000.0
+        assert latest["r0"].value == "" and latest["r0"].value_double is None
+        assert latest["r3"].value == "NaN" and latest["r3"].value_double is None
 
-    run(scenario())
+    run_with_storage(storage_url, scenario)
 
 
 def test_nothing_is_lost_when_the_storage_is_reopened(storage_url: str) -> None:
@@ -246,49 +216,41 @@ def test_nothing_is_lost_when_the_storage_is_reopened(storage_url: str) -> None:
 
 
 def test_export_filters_and_streams_in_arrival_order(storage_url: str) -> None:
-    async def scenario() -> None:
-        storage = await open_storage(storage_url)
-        try:
-            await storage.push(DEV, THUMB, "e1", batch(0, 6000, meter="heat"))
-            await storage.push(DEV2, THUMB, "e1", batch(0, 10, meter="water"))
-            await storage.push(DEV, THUMB, "e1", batch(6000, 10, meter="water"))
-            everything = await exported(storage)
-            assert len(everything) == 6020  # more than one export chunk
-            assert [r[2] for r in everything[:6000]] == list(range(6000))
-            water = await exported(storage, meter="water")
-            assert [(r[0], r[2]) for r in water] == [(DEV2, s) for s in range(10)] + [
-                (DEV, s) for s in range(6000, 6010)
-            ]
-            since = await exported(storage, device_uri=DEV, since=T0 + timedelta(minutes=5990))
-            assert [r[2] for r in since] == list(range(5990, 6010))
-            assert await exported(storage, device_uri="urn:nobody") == []
-        finally:
-            await storage.close()
+    async def scenario(storage: Storage) -> None:
+        await storage.push(DEV, THUMB, "e1", batch(0, 6000, meter="heat"))
+        await storage.push(DEV2, THUMB, "e1", batch(0, 10, meter="water"))
+        await storage.push(DEV, THUMB, "e1", batch(6000, 10, meter="water"))
+        everything = await exported(storage)
+        assert len(everything) == 6020  # more than one export chunk
+        assert [r[2] for r in everything[:6000]] == list(range(6000))
+        water = await exported(storage, meter="water")
+        assert [(r[0], r[2]) for r in water] == [(DEV2, s) for s in range(10)] + [
+            (DEV, s) for s in range(6000, 6010)
+        ]
+        since = await exported(storage, device_uri=DEV, since=T0 + timedelta(minutes=5990))
+        assert [r[2] for r in since] == list(range(5990, 6010))
+        assert await exported(storage, device_uri="urn:nobody") == []
 
-    run(scenario())
+    run_with_storage(storage_url, scenario)
 
 
 def test_latest_value_per_record_never_goes_back_in_time(storage_url: str) -> None:
-    async def scenario() -> None:
-        storage = await open_storage(storage_url)
-        try:
-            await storage.push(DEV, THUMB, "e1", batch(0, 8))  # r0..r3, twice each
-            latest = {(v.meter, v.record): v for v in await storage.latest_values()}
-            assert len(latest) == 4
-            assert latest[("m1", "r1")].sequence == 5
-            assert latest[("m1", "r1")].value == "5.005"
-            # A new epoch (logger database recreated) with older logger times must not
-            # replace newer values; newer ones do.
-            await storage.push(DEV, THUMB, "e2", batch(0, 2, value="0", t0=T0 - timedelta(1)))
-            await storage.push(DEV, THUMB, "e2", batch(2, 1, value="42", t0=T0 + timedelta(1)))
-            latest = {(v.meter, v.record): v for v in await storage.latest_values(DEV)}
-            assert latest[("m1", "r1")].value == "5.005"
-            assert latest[("m1", "r2")].value == "42" and latest[("m1", "r2")].epoch == "e2"
-            assert await storage.latest_values(DEV2) == []
-        finally:
-            await storage.close()
+    async def scenario(storage: Storage) -> None:
+        await storage.push(DEV, THUMB, "e1", batch(0, 8))  # r0..r3, twice each
+        latest = {(v.meter, v.record): v for v in await storage.latest_values()}
+        assert len(latest) == 4
+        assert latest[("m1", "r1")].sequence == 5
+        assert latest[("m1", "r1")].value == "5.005"
+        # A new epoch (logger database recreated) with older logger times must not
+        # replace newer values; newer ones do.
+        await storage.push(DEV, THUMB, "e2", batch(0, 2, value="0", t0=T0 - timedelta(1)))
+        await storage.push(DEV, THUMB, "e2", batch(2, 1, value="42", t0=T0 + timedelta(1)))
+        latest = {(v.meter, v.record): v for v in await storage.latest_values(DEV)}
+        assert latest[("m1", "r1")].value == "5.005"
+        assert latest[("m1", "r2")].value == "42" and latest[("m1", "r2")].epoch == "e2"
+        assert await storage.latest_values(DEV2) == []
 
-    run(scenario())
+    run_with_storage(storage_url, scenario)
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,37 +258,33 @@ def test_latest_value_per_record_never_goes_back_in_time(storage_url: str) -> No
 
 
 def test_devices_installations_and_status(storage_url: str) -> None:
-    async def scenario() -> None:
-        storage = await open_storage(storage_url)
-        try:
-            assert await storage.device(DEV) is None
-            not_after = datetime(2031, 3, 1, tzinfo=UTC)
-            await storage.record_contact(DEV, THUMB, not_after, peer="192.0.2.7:50000")
-            assert await storage.report_installation(DEV, THUMB, "SN-1", "Cellar A", "1.0")
-            assert not await storage.report_installation(DEV, THUMB, "SN-1", "Cellar A", "1.0")
-            assert await storage.report_installation(DEV, THUMB, "SN-1", "Cellar B", "1.0")
-            health = (
-                MeterHealth("heat", True, 0, T0, ""),
-                MeterHealth("water", False, 3, None, "no answer from address 5"),
-            )
-            await storage.report_status(DEV, THUMB, StatusReport(120, 3600.5, 7, 1800, 2, health))
-            device = await storage.device(DEV)
-            assert device is not None
-            assert (device.serial, device.location, device.firmware) == ("SN-1", "Cellar B", "1.0")
-            assert device.thumbprint == THUMB and device.cert_not_after == not_after
-            assert device.last_peer == "192.0.2.7:50000"
-            assert device.first_contact is not None and device.last_contact is not None
-            assert device.first_contact <= device.last_contact
-            assert device.status == StatusReport(120, 3600.5, 7, 1800, 2, health)
-            history = await storage.installations(DEV)
-            assert [i.location for i in history] == ["Cellar A", "Cellar B"]
-            await storage.push(DEV2, "b" * 40, "e1", batch(0, 1))
-            assert [d.application_uri for d in await storage.devices()] == [DEV, DEV2]
-            assert (await storage.device(DEV2)).status is None  # type: ignore[union-attr]
-        finally:
-            await storage.close()
+    async def scenario(storage: Storage) -> None:
+        assert await storage.device(DEV) is None
+        not_after = datetime(2031, 3, 1, tzinfo=UTC)
+        await storage.record_contact(DEV, THUMB, not_after, peer="192.0.2.7:50000")
+        assert await storage.report_installation(DEV, THUMB, "SN-1", "Cellar A", "1.0")
+        assert not await storage.report_installation(DEV, THUMB, "SN-1", "Cellar A", "1.0")
+        assert await storage.report_installation(DEV, THUMB, "SN-1", "Cellar B", "1.0")
+        health = (
+            MeterHealth("heat", True, 0, T0, ""),
+            MeterHealth("water", False, 3, None, "no answer from address 5"),
+        )
+        await storage.report_status(DEV, THUMB, StatusReport(120, 3600.5, 7, 1800, 2, health))
+        device = await storage.device(DEV)
+        assert device is not None
+        assert (device.serial, device.location, device.firmware) == ("SN-1", "Cellar B", "1.0")
+        assert device.thumbprint == THUMB and device.cert_not_after == not_after
+        assert device.last_peer == "192.0.2.7:50000"
+        assert device.first_contact is not None and device.last_contact is not None
+        assert device.first_contact <= device.last_contact
+        assert device.status == StatusReport(120, 3600.5, 7, 1800, 2, health)
+        history = await storage.installations(DEV)
+        assert [i.location for i in history] == ["Cellar A", "Cellar B"]
+        await storage.push(DEV2, "b" * 40, "e1", batch(0, 1))
+        assert [d.application_uri for d in await storage.devices()] == [DEV, DEV2]
+        assert (await storage.device(DEV2)).status is None  # type: ignore[union-attr]
 
-    run(scenario())
+    run_with_storage(storage_url, scenario)
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,44 +292,40 @@ def test_devices_installations_and_status(storage_url: str) -> None:
 
 
 def test_configuration_is_versioned_and_audited(storage_url: str) -> None:
-    async def scenario() -> None:
-        storage = await open_storage(storage_url)
-        try:
-            assert await storage.get_config(DEV) is None
-            first = (
-                '{"version": 41, "meters": [{"id": "heat", "kind": "mbus", "bus": "mbus0", '
-                '"primary_address": 5}], "default_interval": "15m"}'
-            )
-            assert await storage.set_config(DEV, first, set_by="ops@host") == 1
-            # The receiver numbers the versions: the document a logger gets carries it.
-            served = await storage.get_config(DEV)
-            assert served is not None and json.loads(served.document)["version"] == 1
-            # The same content, formatted differently (or as `config show` printed it): no new
-            # version.
-            same = (
-                '{"default_interval": "15m",\n "meters": [{"primary_address": 5, '
-                '"bus": "mbus0", "kind": "mbus", "id": "heat"}]}'
-            )
-            assert await storage.set_config(DEV, same) == 1
-            assert await storage.set_config(DEV, served.document) == 1
-            assert await storage.set_config(DEV, '{"meters": [], "version": 1}') == 2
-            current = await storage.get_config(DEV)
-            assert current is not None and current.version == 2
-            assert json.loads(current.document) == {"version": 2, "meters": []}
-            assert current.set_by == ""
-            assert await storage.get_config(DEV2) is None
-            device = await storage.device(DEV)
-            assert device is not None and device.config_version == 2
-            entries = await storage.audit_entries()
-            assert [(e.event, e.device_uri, e.detail) for e in entries] == [
-                ("config.set", DEV, "version 1"),
-                ("config.set", DEV, "version 2"),
-            ]
-            assert entries[0].peer == "ops@host"
-        finally:
-            await storage.close()
+    async def scenario(storage: Storage) -> None:
+        assert await storage.get_config(DEV) is None
+        first = (
+            '{"version": 41, "meters": [{"id": "heat", "kind": "mbus", "bus": "mbus0", '
+            '"primary_address": 5}], "default_interval": "15m"}'
+        )
+        assert await storage.set_config(DEV, first, set_by="ops@host") == 1
+        # The receiver numbers the versions: the document a logger gets carries it.
+        served = await storage.get_config(DEV)
+        assert served is not None and json.loads(served.document)["version"] == 1
+        # The same content, formatted differently (or as `config show` printed it): no new
+        # version.
+        same = (
+            '{"default_interval": "15m",\n "meters": [{"primary_address": 5, '
+            '"bus": "mbus0", "kind": "mbus", "id": "heat"}]}'
+        )
+        assert await storage.set_config(DEV, same) == 1
+        assert await storage.set_config(DEV, served.document) == 1
+        assert await storage.set_config(DEV, '{"meters": [], "version": 1}') == 2
+        current = await storage.get_config(DEV)
+        assert current is not None and current.version == 2
+        assert json.loads(current.document) == {"version": 2, "meters": []}
+        assert current.set_by == ""
+        assert await storage.get_config(DEV2) is None
+        device = await storage.device(DEV)
+        assert device is not None and device.config_version == 2
+        entries = await storage.audit_entries()
+        assert [(e.event, e.device_uri, e.detail) for e in entries] == [
+            ("config.set", DEV, "version 1"),
+            ("config.set", DEV, "version 2"),
+        ]
+        assert entries[0].peer == "ops@host"
 
-    run(scenario())
+    run_with_storage(storage_url, scenario)
 
 
 @pytest.mark.parametrize(
@@ -391,17 +345,13 @@ def test_configuration_is_versioned_and_audited(storage_url: str) -> None:
     ],
 )
 def test_invalid_configuration_is_refused(storage_url: str, document: str, message: str) -> None:
-    async def scenario() -> None:
-        storage = await open_storage(storage_url)
-        try:
-            with pytest.raises(InvalidConfiguration, match=re.escape(message)):
-                await storage.set_config(DEV, document)
-            assert await storage.get_config(DEV) is None
-            assert await storage.audit_entries() == []
-        finally:
-            await storage.close()
+    async def scenario(storage: Storage) -> None:
+        with pytest.raises(InvalidConfiguration, match=re.escape(message)):
+            await storage.set_config(DEV, document)
+        assert await storage.get_config(DEV) is None
+        assert await storage.audit_entries() == []
 
-    run(scenario())
+    run_with_storage(storage_url, scenario)
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,27 +370,23 @@ async def _five_entries(storage: Storage) -> None:
 
 
 def test_audit_chain_verifies_and_lists(storage_url: str) -> None:
-    async def scenario() -> None:
-        storage = await open_storage(storage_url)
-        try:
-            empty = await storage.verify_audit()
-            assert empty.ok and empty.entries == 0
-            await _five_entries(storage)
-            await storage.audit("certificate.revoked", peer="10.9.9.9:1")
-            verdict = await storage.verify_audit()
-            assert verdict.ok and verdict.entries == 6 and verdict.first_bad_id is None
-            entries = await storage.audit_entries()
-            assert [e.id for e in entries] == [1, 2, 3, 4, 5, 6]
-            assert verdict.head_hash == entries[-1].hash
-            assert entries[1].prev_hash == entries[0].hash
-            assert [e.id for e in await storage.audit_entries(since_id=2, limit=2)] == [3, 4]
-            assert len(await storage.audit_entries(device_uri=DEV)) == 5
-            with pytest.raises(ValueError, match="event must not be empty"):
-                await storage.audit("")
-        finally:
-            await storage.close()
+    async def scenario(storage: Storage) -> None:
+        empty = await storage.verify_audit()
+        assert empty.ok and empty.entries == 0
+        await _five_entries(storage)
+        await storage.audit("certificate.revoked", peer="10.9.9.9:1")
+        verdict = await storage.verify_audit()
+        assert verdict.ok and verdict.entries == 6 and verdict.first_bad_id is None
+        entries = await storage.audit_entries()
+        assert [e.id for e in entries] == [1, 2, 3, 4, 5, 6]
+        assert verdict.head_hash == entries[-1].hash
+        assert entries[1].prev_hash == entries[0].hash
+        assert [e.id for e in await storage.audit_entries(since_id=2, limit=2)] == [3, 4]
+        assert len(await storage.audit_entries(device_uri=DEV)) == 5
+        with pytest.raises(ValueError, match="event must not be empty"):
+            await storage.audit("")
 
-    run(scenario())
+    run_with_storage(storage_url, scenario)
 
 
 def _forge_hash_sql(entry_id: int, prev: str, time: datetime, detail: str) -> str:

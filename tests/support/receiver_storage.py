@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
+
+if TYPE_CHECKING:
+    from receiver.storage import Storage
 
 T = TypeVar("T")
 
@@ -32,6 +35,23 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
         return await asyncio.wait_for(coro, timeout)
 
     return asyncio.run(bounded())
+
+
+def run_with_storage(
+    url: str, scenario: Callable[[Storage], Awaitable[None]], timeout: float = 60.0
+) -> None:
+    """Open the storage at ``url``, run ``scenario`` on it and close it again, all bounded."""
+
+    async def opened() -> None:
+        from receiver.storage import open_storage
+
+        storage = await open_storage(url)
+        try:
+            await scenario(storage)
+        finally:
+            await storage.close()
+
+    run(opened(), timeout)
 
 
 def batch(
