@@ -10,7 +10,7 @@ take a minute, not a hundred days.
 * **Bytes and fsyncs per reading** of the whole daemon process: ``write_bytes`` (what reached
   the block layer) and ``wchar`` (all write calls) from ``/proc/self/io``; fsync and fdatasync
   calls counted by running it under ``strace -f -c`` (the method and helpers of
-  ``tests.bench.bench_store``). A run of zero cycles is subtracted, so start-up (schema,
+  ``tests.support.iobench``). A run of zero cycles is subtracted, so start-up (schema,
   status file) does not count. Side by side in the same run: the store alone committing the
   same ticks, for the daemon's overhead; and the daemon with one commit per meter instead of
   per tick (what a logger without tick batching pays).
@@ -27,11 +27,7 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,8 +38,9 @@ from logger.config import Config
 from logger.config.model import MeterConfig
 from logger.readings import Reading, ValueKind, canonical_decimal
 from logger.store.api import ReadingStore
-from tests.bench.bench_store import _io, _rss_kib, _strace_count
+from tests.support import iobench
 from tests.support.daemon import VirtualTimer, config_toml, tcp_meter
+from tests.support.iobench import filesystem, print_memory, rss_kib, run_child, timed_io
 
 METERS = 100
 VALUES = (
@@ -136,7 +133,7 @@ async def _run(
         if drain_every and done % drain_every == 0:
             await _drain(daemon, store)
         if samples is not None and (done % step == 0 or done >= cycles):
-            samples.append((done, _rss_kib()))
+            samples.append((done, rss_kib()))
     daemon.stop()
     await task
 
@@ -172,21 +169,7 @@ def child(mode: str, cycles: int, directory: str, memory: bool) -> None:
     """The measured daemon (runs in a subprocess under strace)."""
     path, config = _config(Path(directory))
     if mode == "store":
-        os.sync()
-        before = _io()
-        t0 = time.perf_counter()
-        store_alone(config, cycles)
-        elapsed = time.perf_counter() - t0
-        after = _io()
-        print(
-            json.dumps(
-                {
-                    "write_bytes": after["write_bytes"] - before["write_bytes"],
-                    "wchar": after["wchar"] - before["wchar"],
-                    "seconds": elapsed,
-                }
-            )
-        )
+        print(json.dumps(timed_io(lambda: store_alone(config, cycles))))
         return
     timer = VirtualTimer(START)
     store: Any = None
@@ -204,61 +187,19 @@ def child(mode: str, cycles: int, directory: str, memory: bool) -> None:
     )
     timer.daemon = daemon
     samples: list[tuple[int, int]] | None = [] if memory else None
-    os.sync()
-    before = _io()
-    t0 = time.perf_counter()
-    asyncio.run(_run(daemon, cycles, samples, drain_every=10 if memory else 0))
-    elapsed = time.perf_counter() - t0
-    after = _io()
-    print(
-        json.dumps(
-            {
-                "write_bytes": after["write_bytes"] - before["write_bytes"],
-                "wchar": after["wchar"] - before["wchar"],
-                "seconds": elapsed,
-                "samples": samples,
-            }
-        )
+    figures = timed_io(
+        lambda: asyncio.run(_run(daemon, cycles, samples, drain_every=10 if memory else 0))
     )
+    print(json.dumps({**figures, "samples": samples}))
 
 
 def measure(mode: str, cycles: int, base: Path, memory: bool = False) -> dict[str, Any]:
-    strace = shutil.which("strace") if not memory else None
-    with tempfile.TemporaryDirectory(dir=base) as d:
-        out = Path(d) / "strace.txt"
-        cmd = [
-            sys.executable,
-            "-m",
-            "tests.bench.bench_daemon",
-            "--child",
-            mode,
-            "--cycles",
-            str(cycles),
-            "--dir",
-            d,
-        ]
-        if memory:
-            cmd.append("--memory")
-        if strace:
-            cmd = [strace, "-f", "-c", "-e", "trace=fsync,fdatasync", "-o", str(out), *cmd]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"bench child failed:\n{result.stderr[-3000:]}")
-        figures: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
-        figures["fsync"] = _strace_count(out) if strace else float("nan")
-    return figures
+    extra = ["--memory"] if memory else []
+    return run_child("tests.bench.bench_daemon", mode, cycles, base, extra, not memory)
 
 
 def per_reading(mode: str, cycles: int, base: Path) -> dict[str, float]:
-    empty = measure(mode, 0, base)
-    full = measure(mode, cycles, base)
-    n = cycles * METERS * len(VALUES)
-    return {
-        "fsync": (full["fsync"] - empty["fsync"]) / n,
-        "write_bytes": (full["write_bytes"] - empty["write_bytes"]) / n,
-        "wchar": (full["wchar"] - empty["wchar"]) / n,
-        "readings_per_s": n / full["seconds"],
-    }
+    return iobench.per_reading("tests.bench.bench_daemon", mode, cycles, base, METERS * len(VALUES))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,8 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         child(args.child, args.cycles, args.dir, args.memory)
         return 0
     base = Path(args.dir or os.getcwd())
-    fs = subprocess.run(["df", "-T", str(base)], capture_output=True, text=True).stdout
-    print(f"filesystem: {fs.splitlines()[-1].split()[1] if fs else '?'} at {base}")
+    print(f"filesystem: {filesystem(base)} at {base}")
     print(f"{METERS} meters x {len(VALUES)} values per cycle, {args.cycles} cycles per mode")
     daemon = per_reading("tick", args.cycles, base)
     naive = per_reading("per-meter", args.cycles, base)
@@ -302,15 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     mem = measure("tick", args.memory_cycles, base, memory=True)
     samples = mem["samples"]
-    print(
-        f"resident memory over {args.memory_cycles} cycles ({args.memory_cycles * METERS:,} "
-        f"meter reads, {mem['seconds']:.0f} s) (cycle: KiB): "
-        + ", ".join(f"{c}: {kib}" for c, kib in samples)
-    )
-    first = samples[1][1] if len(samples) > 1 else samples[0][1]
-    print(
-        f"growth after warm-up: {samples[-1][1] - first} KiB "
-        f"({(samples[-1][1] - first) / first * 100:+.1f} %)"
+    print_memory(
+        samples,
+        f"{args.memory_cycles} cycles ({args.memory_cycles * METERS:,} meter reads, "
+        f"{mem['seconds']:.0f} s)",
     )
     return 0
 

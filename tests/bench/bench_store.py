@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,24 +29,11 @@ from pathlib import Path
 
 from logger.store.api import BufferLimits
 from logger.store.sqlite import SqliteStore
+from tests.support import iobench
+from tests.support.iobench import filesystem, print_memory, rss_kib, timed_io
 from tests.support.store import T0, FakeUplink, make_tick
 
 METERS = 100
-
-
-def _io() -> dict[str, int]:
-    out = {}
-    for line in Path("/proc/self/io").read_text().splitlines():
-        key, _, value = line.partition(":")
-        out[key.strip()] = int(value)
-    return out
-
-
-def _rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def child(mode: str, cycles: int, directory: str) -> None:
@@ -57,74 +42,24 @@ def child(mode: str, cycles: int, directory: str) -> None:
         Path(directory) / "buffer.db",
         BufferLimits(max_bytes=None, max_age_s=None, min_free_bytes=0),
     )
-    os.sync()
-    before = _io()
-    t0 = time.perf_counter()
-    for c in range(cycles):
-        at = T0 + timedelta(minutes=15 * c)
-        tick = make_tick(METERS, at)
-        if mode == "tick":
-            store.commit_tick(tick, now=at)
-        else:
-            for reading in tick:
-                store.commit_tick([reading], now=at)
-    elapsed = time.perf_counter() - t0
-    after = _io()
+
+    def work() -> None:
+        for c in range(cycles):
+            at = T0 + timedelta(minutes=15 * c)
+            tick = make_tick(METERS, at)
+            if mode == "tick":
+                store.commit_tick(tick, now=at)
+            else:
+                for reading in tick:
+                    store.commit_tick([reading], now=at)
+
+    figures = timed_io(work)
     store.close()
-    print(
-        json.dumps(
-            {
-                "write_bytes": after["write_bytes"] - before["write_bytes"],
-                "wchar": after["wchar"] - before["wchar"],
-                "seconds": elapsed,
-            }
-        )
-    )
-
-
-def _strace_count(out: Path) -> int:
-    total = 0
-    for line in out.read_text().splitlines():
-        parts = line.split()
-        if parts and parts[-1] in ("fsync", "fdatasync"):
-            # "% time seconds usecs/call calls [errors] syscall"
-            total += int(parts[3])
-    return total
-
-
-def measure(mode: str, cycles: int, base: Path) -> dict[str, float]:
-    strace = shutil.which("strace")
-    with tempfile.TemporaryDirectory(dir=base) as d:
-        out = Path(d) / "strace.txt"
-        cmd = [
-            sys.executable,
-            "-m",
-            "tests.bench.bench_store",
-            "--child",
-            mode,
-            "--cycles",
-            str(cycles),
-            "--dir",
-            d,
-        ]
-        if strace:
-            cmd = [strace, "-f", "-c", "-e", "trace=fsync,fdatasync", "-o", str(out), *cmd]
-        result = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        figures = json.loads(result.stdout.strip().splitlines()[-1])
-        figures["fsync"] = _strace_count(out) if strace else float("nan")
-    return figures
+    print(json.dumps(figures))
 
 
 def per_reading(mode: str, cycles: int, base: Path) -> dict[str, float]:
-    empty = measure(mode, 0, base)
-    full = measure(mode, cycles, base)
-    n = cycles * METERS
-    return {
-        "fsync": (full["fsync"] - empty["fsync"]) / n,
-        "write_bytes": (full["write_bytes"] - empty["write_bytes"]) / n,
-        "wchar": (full["wchar"] - empty["wchar"]) / n,
-        "readings_per_s": n / full["seconds"],
-    }
+    return iobench.per_reading("tests.bench.bench_store", mode, cycles, base, METERS)
 
 
 def memory(cycles: int, base: Path) -> list[tuple[int, int]]:
@@ -142,7 +77,7 @@ def memory(cycles: int, base: Path) -> list[tuple[int, int]]:
                 uplink.drain(store, max_n=5000)
                 uplink.received.clear()  # the receiver keeps them, not this process
             if c % (cycles // 10 or 1) == 0 or c == cycles - 1:
-                samples.append((c + 1, _rss_kib()))
+                samples.append((c + 1, rss_kib()))
         store.close()
     return samples
 
@@ -182,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         child(args.child, args.cycles, args.dir)
         return 0
     base = Path(args.dir or os.getcwd())
-    fs = subprocess.run(["df", "-T", str(base)], capture_output=True, text=True).stdout
-    print(f"filesystem: {fs.splitlines()[-1].split()[1] if fs else '?'} at {base}")
+    print(f"filesystem: {filesystem(base)} at {base}")
     print(f"{METERS} meters per cycle, {args.cycles} cycles per mode")
     tick = per_reading("tick", args.cycles, base)
     value = per_reading("value", args.cycles, base)
@@ -209,15 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         f"5,000 with acknowledgement: {sd['drain_per_s']:,.0f} readings/s (median of 3)"
     )
     samples = memory(args.memory_cycles, base)
-    print(
-        f"resident memory over {args.memory_cycles} cycles (cycle: KiB): "
-        + ", ".join(f"{c}: {kib}" for c, kib in samples)
-    )
-    first = samples[1][1] if len(samples) > 1 else samples[0][1]
-    print(
-        f"growth after warm-up: {samples[-1][1] - first} KiB "
-        f"({(samples[-1][1] - first) / first * 100:+.1f} %)"
-    )
+    print_memory(samples, f"{args.memory_cycles} cycles")
     return 0
 
 
