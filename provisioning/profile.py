@@ -35,7 +35,6 @@ Thumbprints are SHA-1 over the DER certificate, lowercase hex, as OPC UA uses th
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -44,6 +43,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+# The certificate identifiers the device and this tool must compute alike.
+from logger.tpm.state import application_uri as application_uri
+from logger.tpm.state import thumbprint as thumbprint
 
 ROLE_LOGGER = x509.ObjectIdentifier("2.25.201893187014271843356375117325541785201")
 ROLE_OPERATOR = x509.ObjectIdentifier("2.25.201893187014271843356375117325541785202")
@@ -63,11 +66,6 @@ class ProfileError(ValueError):
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def thumbprint(cert: x509.Certificate) -> str:
-    """SHA-1 thumbprint of the DER certificate, lowercase hex (OPC UA's identifier)."""
-    return hashlib.sha1(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 def normalise_thumbprint(text: str) -> str:
@@ -522,15 +520,6 @@ def certificate_role(cert: x509.Certificate) -> str | None:
         return None
     roles = {_ROLES[oid] for oid in eku if oid in _ROLES}
     return roles.pop() if len(roles) == 1 else None
-
-
-def application_uri(cert: x509.Certificate) -> str | None:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    return uris[0] if uris else None
 
 
 def subject_attr(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> str | None:

@@ -99,10 +99,8 @@ def _key_info(args: argparse.Namespace) -> int:
 
 
 def _cert_show(args: argparse.Namespace) -> int:
-    from cryptography import x509
-
     from logger.tpm.errors import StateDirError
-    from logger.tpm.state import DeviceState
+    from logger.tpm.state import DeviceState, application_uri, thumbprint
 
     try:
         state = DeviceState.open(Path(args.state_dir))
@@ -110,22 +108,13 @@ def _cert_show(args: argparse.Namespace) -> int:
         chain = state.chain()
     except StateDirError as exc:
         raise _fail(exc) from None
-    import hashlib
-
-    from cryptography.hazmat.primitives import serialization
-
     now = dt.datetime.now(dt.UTC)
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    except x509.ExtensionNotFound:
-        uris = []
     left = cert.not_valid_after_utc - now
     doc = {
         "path": str(state.cert_path),
         "subject": cert.subject.rfc4514_string(),
-        "application_uri": uris[0] if uris else None,
-        "thumbprint": hashlib.sha1(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
+        "application_uri": application_uri(cert),
+        "thumbprint": thumbprint(cert),
         "not_before": cert.not_valid_before_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "not_after": cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "days_left": left.days,

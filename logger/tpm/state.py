@@ -40,6 +40,7 @@ The TCTI is not recorded: the station may reach the TPM differently from the dev
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -109,6 +110,21 @@ def replace_file(path: Path, data: bytes, mode: int) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def thumbprint(cert: x509.Certificate) -> str:
+    """SHA-1 thumbprint of the DER certificate, lowercase hex (OPC UA's identifier)."""
+    return hashlib.sha1(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def application_uri(cert: x509.Certificate) -> str | None:
+    """The first URI of the subjectAltName (the OPC UA ApplicationUri), None without one."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    return uris[0] if uris else None
 
 
 def pem_certs(certs: list[x509.Certificate]) -> bytes:
@@ -366,10 +382,12 @@ __all__ = [
     "DeviceState",
     "Identity",
     "KeyRef",
+    "application_uri",
     "atomic_write",
     "ensure_private_dir",
     "load_pem_certs",
     "pem_certs",
     "replace_file",
     "ski_name",
+    "thumbprint",
 ]
