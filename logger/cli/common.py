@@ -12,7 +12,11 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from logger.config import Config
 
 OK = 0
 CHECK_FAILED = 1
@@ -52,6 +56,16 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def load_config(path: Path) -> Config:
+    """The logger's configuration file, or a usage error listing every problem with its line."""
+    from logger.config import ConfigError, load
+
+    try:
+        return load(path)
+    except ConfigError as exc:
+        raise CliError(str(exc), USAGE) from exc
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -29,6 +29,7 @@ from logger.cli.common import (
     USAGE,
     CliError,
     add_format,
+    load_config,
     print_json,
     print_table,
 )
@@ -157,15 +158,6 @@ def _config_summary(config: Config) -> dict[str, Any]:
     }
 
 
-def _load(path: Path) -> Config:
-    from logger.config import ConfigError, load
-
-    try:
-        return load(path)
-    except ConfigError as exc:
-        raise CliError(str(exc), USAGE) from exc
-
-
 # --- status ----------------------------------------------------------------------------------
 
 
@@ -220,7 +212,7 @@ def read_status(path: Path) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = load_config(args.config)
     doc = read_status(config.paths.status_file)
     if args.format == "json":
         print_json(doc)
@@ -330,7 +322,7 @@ def _open_readonly(config: Config) -> Any:
 def cmd_buffer_stats(args: argparse.Namespace) -> int:
     from logger.app import stats_dict
 
-    config = _load(args.config)
+    config = load_config(args.config)
     store = _open_readonly(config)
     try:
         stats = stats_dict(store.stats())
@@ -376,7 +368,7 @@ def cmd_buffer_export(args: argparse.Namespace) -> int:
 
     if args.since < 0:
         raise CliError("--since must be 0 or a sequence number", USAGE)
-    config = _load(args.config)
+    config = load_config(args.config)
     store = _open_readonly(config)
     try:
         records = iter_records(store, args.since, EXPORT_PAGE)

@@ -22,6 +22,7 @@ from logger.cli.common import (
     USAGE,
     CliError,
     add_format,
+    load_config,
     print_json,
 )
 
@@ -32,12 +33,7 @@ def _settings(args: argparse.Namespace) -> Any:
     from logger.uplink.connection import UplinkSettings
 
     if args.config:
-        from logger.config import ConfigError, load
-
-        try:
-            config = load(args.config)
-        except ConfigError as exc:
-            raise CliError(str(exc), USAGE) from exc
+        config = load_config(args.config)
         if config.uplink is None:
             raise CliError(f"{args.config} has no [uplink] section", USAGE)
         return UplinkSettings(
