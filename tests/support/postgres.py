@@ -49,27 +49,24 @@ class PostgresServer:
         Much cheaper than a database (no copy of the template, no checkpoint): one per test.
         asyncpg passes the URL's ``search_path`` parameter to the server as a setting.
         """
-        import asyncpg
-
-        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-        conn = await asyncpg.connect(self.url())
-        try:
-            await conn.execute(f'CREATE SCHEMA "{name}"')
-        finally:
-            await conn.close()
+        name = await self._create("SCHEMA", prefix)
         return f"{self.url()}?search_path={name}"
 
     async def create_database(self, prefix: str = "test") -> str:
         """A new empty database; returns its URL."""
+        return self.url(await self._create("DATABASE", prefix))
+
+    async def _create(self, kind: str, prefix: str) -> str:
+        """``CREATE <kind>`` with a fresh name; returns the name."""
         import asyncpg
 
         name = f"{prefix}_{uuid.uuid4().hex[:12]}"
         conn = await asyncpg.connect(self.url())
         try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            await conn.execute(f'CREATE {kind} "{name}"')
         finally:
             await conn.close()
-        return self.url(name)
+        return name
 
 
 def free_port() -> int:
