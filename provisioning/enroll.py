@@ -98,6 +98,23 @@ class Undo:
 
         self.actions.append((f"restore {path}", _restore))
 
+    def new_state(self, state_dir: Path, *extra: str) -> DeviceState:
+        """Create the state directory of a first enrolment. On failure it goes again if it was
+        created here, else every file an enrolment writes into it that was not there before
+        (identity, certificate, chain, trust, CRLs and the ``extra`` names)."""
+        self.file(state_dir)
+        state = DeviceState.create(state_dir)
+        for path in (
+            state.identity_path,
+            state.cert_path,
+            state.chain_path,
+            state.trust_dir,
+            state.crl_dir,
+            *(state.root / name for name in extra),
+        ):
+            self.file(path)
+        return state
+
     def tpm_key(self, tcti: str | None, handle: int) -> None:
         def _evict() -> None:
             from logger.tpm.tpm import Tpm
@@ -440,17 +457,7 @@ def install_pkcs12(
             "the device key file needs a passphrase (--secret-file or MBUS_DEVICE_KEY_PASSPHRASE)"
         )
     with undo_on_failure() as undo:
-        undo.file(state_dir)
-        state = DeviceState.create(state_dir)
-        for path in (
-            state.identity_path,
-            state.cert_path,
-            state.chain_path,
-            state.trust_dir,
-            state.crl_dir,
-            state.root / "device-key.pem",
-        ):
-            undo.file(path)
+        state = undo.new_state(state_dir, "device-key.pem")
         write_key_file(state.root / "device-key.pem", key, key_passphrase)
         state.save_identity(Identity(serial, uri, KeyRef("file", path="device-key.pem"), org))
         return install_certificate(

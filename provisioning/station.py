@@ -55,16 +55,7 @@ def enroll_device(
             "empty state directory (use 'device renew' for a new certificate)"
         )
     with undo_on_failure() as undo:
-        undo.file(state_dir)  # created here: removed again on failure
-        state = DeviceState.create(state_dir)
-        for path in (
-            state.identity_path,
-            state.cert_path,
-            state.chain_path,
-            state.trust_dir,
-            state.crl_dir,
-        ):
-            undo.file(path)
+        state = undo.new_state(state_dir)
         csr = csr_with_undo(state, options, undo, serial, application_uri, org, dns_names)
         with pki.registry.transaction():
             cert = pki.sign_device_csr(
