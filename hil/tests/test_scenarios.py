@@ -528,7 +528,8 @@ def test_short_lived_certificate(stack_factory: Any) -> None:
 
 def test_logger_of_the_wrong_organization(stack: Stack) -> None:
     """A logger with a valid certificate of another organization is refused by this
-    organization's receiver (audited), buffers on, and none of its data lands there."""
+    organization's receiver (audited), buffers on, and none of its data lands there; its own
+    organization's receiver then gets all of it."""
     need_own_receiver()
     stack.add_org("globex")
     stranger = stack.add_logger("SN-0666", org="globex")
@@ -563,6 +564,23 @@ def test_logger_of_the_wrong_organization(stack: Stack) -> None:
         snap = stack.receiver.snapshot(readings=True)
         assert not snap.for_device(stranger.application_uri)
         assert stranger.application_uri not in {d.application_uri for d in snap.devices}
+        # Pointed at its own organization's receiver, it delivers everything it buffered
+        # while refused, exactly once - and still nothing of it at the other organization.
+        own = stack.add_receiver("globex")
+        stranger.stop()
+        epoch = stranger.buffer_stats()["epoch"]
+        stranger.write_config(
+            stack.meters.specs,
+            stack.meters.device,
+            stack.meters.baudrate,
+            own.endpoint,
+            own.application_uri,
+        )
+        stranger.start()
+        upto = stranger.wait_readings(stranger.committed() + 1)
+        got = wait_delivered(own, stranger, upto)
+        assert_exactly_once(got, epoch, upto)
+        assert not stack.receiver.snapshot(readings=True).for_device(stranger.application_uri)
 
 
 # --- a bad configuration from the cloud ----------------------------------------------------------
