@@ -142,6 +142,13 @@ def parse_addresses(items: list[str]) -> list[int]:
     return out
 
 
+def _check_secondary(text: str, what: str) -> str:
+    """``text`` (upper case) when it is a secondary address or mask: 16 hex digits."""
+    if len(text) != 16 or any(ch not in "0123456789ABCDEF" for ch in text):
+        raise CliError(f"{what} must be 16 hex digits", USAGE)
+    return text
+
+
 def parse_secondaries(items: list[str]) -> list[str]:
     out: list[str] = []
     for item in items:
@@ -149,8 +156,7 @@ def parse_secondaries(items: list[str]) -> list[str]:
             part = part.strip().upper()
             if not part:
                 continue
-            if len(part) != 16 or any(ch not in "0123456789ABCDEF" for ch in part):
-                raise CliError(f"secondary address {part!r} must be 16 hex digits", USAGE)
+            _check_secondary(part, f"secondary address {part!r}")
             if part not in out:
                 out.append(part)
     return out
@@ -211,9 +217,7 @@ def run_scan(args: argparse.Namespace) -> int:
     try:
         with master:
             if args.secondary:
-                mask = args.mask.upper()
-                if len(mask) != 16 or any(ch not in "0123456789ABCDEF" for ch in mask):
-                    raise CliError(f"--mask {args.mask!r} must be 16 hex digits", USAGE)
+                mask = _check_secondary(args.mask.upper(), f"--mask {args.mask!r}")
                 entries, procedure = master.scan_secondary(mask, hex_ids=args.hex_ids)
                 selects: int | None = procedure.selects
             else:
