@@ -315,17 +315,14 @@ def run_read(args: argparse.Namespace) -> int:
 
 def _print_xml(results: list[ReadResult], normalized: bool) -> None:
     from logger.mbus.errors import MBusError
-    from logger.mbus.xml import readout_xml, telegram_xml
+    from logger.mbus.xml import readout_xml
 
     parts: list[str] = []
     for r in results:
         if not r.telegrams:
             continue
         try:
-            if normalized:
-                parts.extend(telegram_xml(t, normalized=True) for t in r.telegrams)
-            else:
-                parts.append(readout_xml(r.telegrams))
+            parts.append(readout_xml(r.telegrams, normalized))
         except MBusError as exc:
             print(f"mbus-logger: meter {r.target}: {exc}", file=sys.stderr)
     sys.stdout.write("".join(parts))

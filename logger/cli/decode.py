@@ -94,7 +94,7 @@ def _read(path: str) -> bytes:
 def run(args: argparse.Namespace) -> int:
     from logger.mbus import decode
     from logger.mbus.errors import MBusError
-    from logger.mbus.xml import readout_xml, telegram_xml
+    from logger.mbus.xml import readout_xml
 
     if args.normalized and args.format != "xml":
         raise CliError("--normalized applies to --format xml only", USAGE)
@@ -104,11 +104,9 @@ def run(args: argparse.Namespace) -> int:
         name = "stdin" if path == "-" else path
         frames = split_frames(frame_bytes(_read(path), name), name)
         try:
-            if args.format == "xml" and not args.normalized:
+            if args.format == "xml":
                 # A read-out of several telegrams is one document, as libmbus prints it.
-                xml_parts.append(readout_xml(frames))
-            elif args.format == "xml":
-                xml_parts.extend(telegram_xml(frame, normalized=True) for frame in frames)
+                xml_parts.append(readout_xml(frames, args.normalized))
             else:
                 results.extend(decode(frame) for frame in frames)
         except MBusError as exc:

@@ -1016,14 +1016,16 @@ def _libmbus_telegram(data: bytes) -> Telegram:
     return t
 
 
-def readout_xml(frames: list) -> str:
+def readout_xml(frames: list, normalized: bool = False) -> str:
     """libmbus ``mbus_frame_xml`` for a multi-telegram read-out (a chain of RSP_UD frames).
 
     One document: the first frame's header, then every record numbered across the frames
     with a ``frame="N"`` attribute, as ``mbus-serial-request-data-multi-reply`` prints it. A
     single frame gives the same document as :func:`telegram_xml`. libmbus has no normalised
-    form of a chain.
+    form of a chain: with ``normalized`` each frame is its own ``.norm.xml`` document.
     """
+    if normalized:
+        return "".join([telegram_xml(f, True) for f in frames])
     if len(frames) == 1:
         return telegram_xml(frames[0])
     telegrams = [_libmbus_telegram(f) for f in frames]
