@@ -347,6 +347,9 @@ class Tpm:
         with self.session("evicting a key", handle) as ectx:
             obj = ectx.tr_from_tpmpublic(handle)
             ectx.evict_control(ESYS_TR.OWNER, obj, handle)
+            # ESAPI keeps the evicted object's name cached under this handle; a key persisted
+            # there later would then fail the name check when it is read back.
+            ectx.tr_close(obj)
 
     def key_info(self, handle: int) -> KeyInfo:
         if not self.has_handle(handle):

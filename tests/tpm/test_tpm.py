@@ -190,6 +190,16 @@ def test_occupied_handle_is_not_overwritten(tcti: str) -> None:
         assert tpm.key_info(HANDLE).public_key_pem == first.public_key_pem
 
 
+def test_replacing_a_key_in_its_slot_reads_the_new_key_back(tcti: str) -> None:
+    # Renewal reuses a slot from the third generation on: the evicted key must not linger in
+    # the TPM connection's cache under that handle.
+    with Tpm(tcti) as tpm:
+        first = tpm.create_key(HANDLE)
+        second = tpm.create_key(HANDLE, replace=True)
+        assert second.public_key_pem != first.public_key_pem
+        assert tpm.key_info(HANDLE).public_key_pem == second.public_key_pem
+
+
 def test_handle_and_pcr_parsing() -> None:
     assert parse_handle("0x81000010") == 0x81000010
     for bad in ("0x01000000", "0x81000001", "nope"):
