@@ -22,7 +22,9 @@ from .api import (
     BadBatch,
     Columns,
     Device,
+    Installation,
     InvalidConfiguration,
+    LatestValue,
     MeterHealth,
     SequenceConflict,
     StatusReport,
@@ -194,6 +196,22 @@ def stored_reading(r: Sequence[Any], when: When) -> StoredReading:
         flags=r[10],
         received_at=received,
     )
+
+
+def latest_value(r: Sequence[Any], when: When) -> LatestValue:
+    """A latest value from ``application_uri, meter, record, value, value_double, unit,
+    quantity, source_time, logger_time, epoch, seq``."""
+    return LatestValue(
+        r[0], r[1], r[2], r[3], r[4], r[5], r[6], when(r[7]), when(r[8]), r[9], r[10]
+    )
+
+
+def installation(r: Sequence[Any], when: When) -> Installation:
+    """A recorded installation report from ``application_uri, reported_at, serial, location,
+    firmware, thumbprint``."""
+    reported = when(r[1])
+    assert reported is not None  # NOT NULL in both schemas
+    return Installation(r[0], reported, r[2], r[3], r[4], r[5])
 
 
 def device(r: Sequence[Any], when: When) -> Device:

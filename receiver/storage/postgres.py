@@ -442,22 +442,7 @@ class PostgresStorage:
             sql += " WHERE d.application_uri = $1"
             args = (device_uri,)
         sql += " ORDER BY d.application_uri, l.meter, l.record"
-        return [
-            LatestValue(
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                r[4],
-                r[5],
-                r[6],
-                _rows.utc(r[7]),
-                _rows.utc(r[8]),
-                r[9],
-                r[10],
-            )
-            for r in await self._query(sql, *args)
-        ]
+        return [_rows.latest_value(r, _rows.utc) for r in await self._query(sql, *args)]
 
     # -- devices ----------------------------------------------------------------------------
     async def record_contact(
@@ -517,9 +502,7 @@ class PostgresStorage:
             sql += " WHERE d.application_uri = $1"
             args = (device_uri,)
         sql += " ORDER BY i.id"
-        return [
-            Installation(r[0], r[1], r[2], r[3], r[4], r[5]) for r in await self._query(sql, *args)
-        ]
+        return [_rows.installation(r, _rows.utc) for r in await self._query(sql, *args)]
 
     async def report_status(self, device_uri: str, thumbprint: str, status: StatusReport) -> None:
         async def work(conn: asyncpg.Connection) -> None:

@@ -480,12 +480,7 @@ class SqliteStorage:
                 sql += " WHERE d.application_uri = ?"
                 args = (device_uri,)
             sql += " ORDER BY d.application_uri, l.meter, l.record"
-            return [
-                LatestValue(
-                    r[0], r[1], r[2], r[3], r[4], r[5], r[6], _dt(r[7]), _dt(r[8]), r[9], r[10]
-                )
-                for r in self._db.execute(sql, args)
-            ]
+            return [_rows.latest_value(r, _dt) for r in self._db.execute(sql, args)]
 
         return await self._run(query)
 
@@ -539,12 +534,7 @@ class SqliteStorage:
                 sql += " WHERE d.application_uri = ?"
                 args = (device_uri,)
             sql += " ORDER BY i.id"
-            result = []
-            for r in self._db.execute(sql, args):
-                reported = _dt(r[1])
-                assert reported is not None
-                result.append(Installation(r[0], reported, r[2], r[3], r[4], r[5]))
-            return result
+            return [_rows.installation(r, _dt) for r in self._db.execute(sql, args)]
 
         return await self._run(query)
 
