@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from provisioning import profile
 from provisioning.registry import Registry
 from tests.provisioning.conftest import Cli
 from tests.support.pki import TestPki
+from tests.support.swtpm import tpm2_tools
 
 
 def registry_counts(pki: Path) -> tuple[int, int, int]:
@@ -25,16 +24,6 @@ def registry_counts(pki: Path) -> tuple[int, int, int]:
             for t in ("devices", "certificates", "events")
         )
         return devices, certs, events
-
-
-def persistent_handles(tcti: str) -> str:
-    return subprocess.run(
-        ["tpm2_getcap", "handles-persistent"],
-        env={**os.environ, "TPM2TOOLS_TCTI": tcti},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
 
 
 def enrol(
@@ -65,7 +54,7 @@ def test_wrong_passphrase_touches_nothing(
     assert "acme CA key" in err and "wrong passphrase" in err
     assert not (org_cli.base / "state").exists()
     assert registry_counts(org_cli.pki) == before
-    assert "0x81000002" not in persistent_handles(tcti)
+    assert "0x81000002" not in tpm2_tools(tcti, "tpm2_getcap", "handles-persistent")
 
 
 def test_passphrase_file_must_be_private(org_cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,7 +137,7 @@ def test_failure_after_key_creation_evicts_the_key(
     before = registry_counts(org_cli.pki)
     with pytest.raises(OSError, match="No space left"):
         enrol(org_cli, "--tpm", tcti)
-    assert "0x81000002" not in persistent_handles(tcti)
+    assert "0x81000002" not in tpm2_tools(tcti, "tpm2_getcap", "handles-persistent")
     assert not (org_cli.base / "state").exists()
     assert registry_counts(org_cli.pki) == before
     code, err = enrol(org_cli, "--tpm", tcti, "--dns", "bad name")

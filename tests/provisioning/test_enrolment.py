@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
 from pathlib import Path
@@ -16,6 +15,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from logger.tpm import DeviceState, PcrPolicyNotSatisfied, open_device_key
 from provisioning.profile import ROLE_LOGGER, certificate_role, thumbprint
 from tests.provisioning.conftest import Cli
+from tests.support.swtpm import tpm2_tools
 
 
 def openssl_verify(
@@ -32,16 +32,6 @@ def openssl_verify(
     if crl_check:
         args += ["-CRLfile", str(crls), "-crl_check_all"]
     return subprocess.run([*args, str(cert)], capture_output=True, text=True, check=False)
-
-
-def tools(tcti: str, *args: str) -> str:
-    return subprocess.run(
-        list(args),
-        env={**os.environ, "TPM2TOOLS_TCTI": tcti},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
 
 
 def test_enrol_with_tpm_verify_revoke(org_cli: Cli, tcti: str) -> None:
@@ -110,7 +100,7 @@ def test_enrol_with_tpm_verify_revoke(org_cli: Cli, tcti: str) -> None:
     assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days <= 5 * 365 + 1
 
     # Key in the TPM, persistent, matching the certificate; the CSR was signed there.
-    assert "0x81000002" in tools(tcti, "tpm2_getcap", "handles-persistent")
+    assert "0x81000002" in tpm2_tools(tcti, "tpm2_getcap", "handles-persistent")
     with open_device_key(state, tcti) as key:
         assert key.public_key().public_numbers() == cert.public_key().public_numbers()  # type: ignore[union-attr]
         sig = key.private_key.sign(b"hello", padding.PKCS1v15(), hashes.SHA256())
@@ -180,7 +170,7 @@ def test_pcr_bound_enrolment_refuses_after_extend(org_cli: Cli, tcti: str) -> No
     assert "userwithauth" not in info["attributes"]
     with open_device_key(state, tcti) as key:
         key.private_key.sign(b"before", padding.PKCS1v15(), hashes.SHA256())
-        tools(tcti, "tpm2_pcrextend", "16:sha256=" + "ab" * 32)
+        tpm2_tools(tcti, "tpm2_pcrextend", "16:sha256=" + "ab" * 32)
         try:
             key.private_key.sign(b"after", padding.PKCS1v15(), hashes.SHA256())
         except PcrPolicyNotSatisfied as exc:

@@ -9,6 +9,7 @@ test that needs a clean TPM; never share one between tests that persist keys.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -110,6 +111,17 @@ def swtpm(state_dir: Path | None = None) -> Iterator[str]:
             _stop(proc, ctrl_port)
         if own_dir:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def tpm2_tools(tcti: str, *args: str) -> str:
+    """Run a tpm2-tools command against the test TPM (the outside checker); its stdout."""
+    return subprocess.run(
+        list(args),
+        env={**os.environ, "TPM2TOOLS_TCTI": tcti},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
 
 def _stop(proc: subprocess.Popen[bytes], ctrl_port: int) -> None:

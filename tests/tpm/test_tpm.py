@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,7 @@ from logger.tpm import (
     open_device_key,
 )
 from logger.tpm.tpm import SRK_HANDLE, PcrSelection, Tpm, parse_handle
-from tests.support.swtpm import swtpm
+from tests.support.swtpm import swtpm, tpm2_tools
 
 HANDLE = 0x81000002
 
@@ -33,18 +31,6 @@ HANDLE = 0x81000002
 def tcti() -> Iterator[str]:
     with swtpm() as value:
         yield value
-
-
-def tools(tcti: str, *args: str) -> str:
-    """Run a tpm2-tools command against the test TPM (the outside checker)."""
-    proc = subprocess.run(
-        list(args),
-        env={**os.environ, "TPM2TOOLS_TCTI": tcti},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return proc.stdout
 
 
 def state_for(tmp_path: Path, ref: KeyRef) -> Path:
@@ -57,7 +43,7 @@ def readpublic(tcti: str, handle: int) -> dict[str, str]:
     """tpm2_readpublic's YAML, flattened: {"attributes.value": ..., "bits": ...}."""
     out: dict[str, str] = {}
     parent = ""
-    for line in tools(tcti, "tpm2_readpublic", "-c", hex(handle)).splitlines():
+    for line in tpm2_tools(tcti, "tpm2_readpublic", "-c", hex(handle)).splitlines():
         key, _, value = line.partition(":")
         if line.startswith("  "):
             out[f"{parent}.{key.strip()}"] = value.strip()
@@ -83,7 +69,7 @@ def test_key_attributes_read_back_with_tpm2_readpublic(tcti: str) -> None:
     assert pub["type.value"] == "rsa" and pub["bits"] == "2048"
     assert pub["scheme.value"] == "null" and pub["sym-alg.value"] == "null"
     assert pub["name-alg.value"] == "sha256"
-    persistent = tools(tcti, "tpm2_getcap", "handles-persistent")
+    persistent = tpm2_tools(tcti, "tpm2_getcap", "handles-persistent")
     assert hex(SRK_HANDLE) in persistent and hex(HANDLE) in persistent
     assert info.attributes_value == int(pub["attributes.raw"], 16)
     srk = readpublic(tcti, SRK_HANDLE)
@@ -110,8 +96,8 @@ def test_sign_and_decrypt_as_opc_ua_uses_them(tmp_path: Path, tcti: str) -> None
         assert key.operations == 4
         assert key.kind == "tpm" and private.key_size == 2048
     # Nothing transient left behind in a TPM without a resource manager.
-    assert "0x80" not in tools(tcti, "tpm2_getcap", "handles-transient")
-    assert "0x0" not in tools(tcti, "tpm2_getcap", "handles-loaded-session")
+    assert "0x80" not in tpm2_tools(tcti, "tpm2_getcap", "handles-transient")
+    assert "0x0" not in tpm2_tools(tcti, "tpm2_getcap", "handles-loaded-session")
 
 
 def test_sign_from_many_threads_is_serialised(tmp_path: Path, tcti: str) -> None:
@@ -147,10 +133,10 @@ def test_pcr_policy_key_refuses_after_extend(tmp_path: Path, tcti: str) -> None:
     state_dir = state_for(tmp_path, KeyRef("tpm", handle=HANDLE, pcrs=str(pcrs)))
     with open_device_key(state_dir, tcti) as key:
         key.private_key.sign(b"ok", padding.PKCS1v15(), hashes.SHA256())
-        tools(tcti, "tpm2_pcrextend", "16:sha256=" + "11" * 32)
+        tpm2_tools(tcti, "tpm2_pcrextend", "16:sha256=" + "11" * 32)
         with pytest.raises(PcrPolicyNotSatisfied, match="PCR policy not satisfied"):
             key.private_key.sign(b"no", padding.PKCS1v15(), hashes.SHA256())
-    assert "0x0" not in tools(tcti, "tpm2_getcap", "handles-loaded-session")
+    assert "0x0" not in tpm2_tools(tcti, "tpm2_getcap", "handles-loaded-session")
 
 
 def test_auth_value_required_and_checked(tmp_path: Path, tcti: str) -> None:
@@ -236,6 +222,6 @@ def test_key_operations_off_the_event_loop(tmp_path: Path, tcti: str) -> None:
 
 
 def test_owner_password_is_reported_as_such(tcti: str) -> None:
-    tools(tcti, "tpm2_changeauth", "-c", "owner", "ownerpass")
+    tpm2_tools(tcti, "tpm2_changeauth", "-c", "owner", "ownerpass")
     with Tpm(tcti) as tpm, pytest.raises(TpmAuthRequired, match="owner authorization"):
         tpm.create_key(HANDLE)
