@@ -128,10 +128,13 @@ class CertRow:
     revocation_reason: str | None
     pem: str
 
-    def effective_state(self, now: dt.datetime) -> str:
-        if self.state in ("manufactured", "installed", "active") and self.not_after <= now:
-            return "expired"
-        return self.state
+
+def effective_state(state: str, not_after: dt.datetime | None, now: dt.datetime) -> str:
+    """The state to show: a certificate still in use whose validity has ended is "expired"
+    (derived when reading, never stored; see the module docstring)."""
+    if state in ("manufactured", "installed", "active") and not_after and not_after <= now:
+        return "expired"
+    return state
 
 
 class Registry:
@@ -415,13 +418,9 @@ class Registry:
         sql += " ORDER BY d.serial, c.issued_at, c.rowid"
         out = []
         for r in self._db.execute(sql, args):
-            state = r["state"] or "registered"  # bound serial, no certificate yet
-            if (
-                state in ("manufactured", "installed")
-                and r["not_after"]
-                and parse_iso(r["not_after"]) <= now
-            ):
-                state = "expired"
+            not_after = parse_iso(r["not_after"]) if r["not_after"] else None
+            # No state: a bound serial without a certificate yet.
+            state = effective_state(r["state"] or "registered", not_after, now)
             out.append(
                 {
                     "serial": r["serial"],
