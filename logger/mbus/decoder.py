@@ -16,7 +16,7 @@ MicroPython-clean.
 from logger.mbus import tables
 from logger.mbus.application import ERROR, FIXED, Telegram, parse_telegram
 from logger.mbus.numbers import HEX2, dec_str, float32_decimal, hexstr
-from logger.mbus.records import storage_number, subunit, tariff
+from logger.mbus.records import DIF_MANUFACTURER, DIF_MORE_RECORDS, storage_number, subunit, tariff
 
 _PRIMARY = tables.PRIMARY_VIF
 _FD = tables.FD_VIF
@@ -33,6 +33,8 @@ UNKNOWN = tables.UNKNOWN
 TEXT_VIF = tables.TEXT_VIF
 
 _NO_VIF_INFO = ("missing VIF extension", "", 1, 0, UNKNOWN)
+# Flag of the last record when a reserved DIF or LVAR leaves the rest of the telegram unframed.
+_NOT_DECODED = "rest of telegram not decoded"
 
 
 def _signed(data: bytes, msb: bool) -> int:
@@ -179,7 +181,11 @@ def _record(rec: tuple, index: int, msb: bool) -> dict:
     mantissa: int | None = None
     raw: int | str | None = None
     vtype: str | None = "none"
-    if dfield == 0 or dfield == 8:
+    if dfield == 13 and lvar > 0xF6:
+        flags.append("reserved LVAR")
+        flags.append(_NOT_DECODED)
+        raw = hexstr(data)
+    elif dfield == 0 or dfield == 8:
         if dfield == 8:
             flags.append("selection for readout")
     elif dfield == 5:
@@ -250,6 +256,33 @@ def _record(rec: tuple, index: int, msb: bool) -> dict:
         "raw": raw,
         "modifiers": modifiers,
         "flags": flags,
+    }
+
+
+def _reserved_dif(rec: tuple, index: int) -> dict:
+    """The record of a reserved special-function DIF: its bytes, and where reading stopped.
+
+    Its DIFEs, VIF and data length are undefined, so nothing after the DIF can be framed; the
+    records before it are good readings and are kept (see ``docs/readme/decoder.md``).
+    """
+    offset, dif, _difes, _vif, _vifes, _text, data, _lvar = rec
+    return {
+        "id": index,
+        "key": HEX2[dif],
+        "offset": offset,
+        "function": _FUNCTIONS[(dif >> 4) & 3],
+        "storage": (dif >> 6) & 1,
+        "tariff": 0,
+        "subunit": 0,
+        "quantity": "reserved",
+        "unit": "",
+        "type": "none",
+        "value": None,
+        "mantissa": None,
+        "exponent": None,
+        "raw": hexstr(data),
+        "modifiers": [],
+        "flags": ["reserved DIF", _NOT_DECODED],
     }
 
 
@@ -413,7 +446,11 @@ def decode(data: bytes) -> dict:
     msb = t.msb
     for rec in t.records:
         if rec[3] is None:
-            out["manufacturer_data"] = hexstr(rec[6])
+            dif = rec[1]
+            if dif == DIF_MANUFACTURER or dif == DIF_MORE_RECORDS:
+                out["manufacturer_data"] = hexstr(rec[6])
+            else:
+                records.append(_reserved_dif(rec, len(records)))
             continue
         records.append(_record(rec, len(records), msb))
     out["more_records_follow"] = t.more

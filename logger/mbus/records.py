@@ -12,6 +12,14 @@ path::
 text unit of VIF 0x7C/0xFC (already in reading order) or ``None``, ``data`` the value bytes
 and ``lvar`` the variable-length byte of data field 0x0D (else ``None``).
 
+Two records mark where the standard's reading has to stop, because the length of what
+follows is unknown: a reserved special-function DIF (data field 1111 other than 0x0F, 0x1F,
+0x2F) comes as ``vif`` ``None`` with ``data`` holding every byte from the DIF on, and a
+reserved LVAR (0xF7-0xFF) as a record whose ``lvar`` is that byte and whose ``data`` holds
+that byte and every byte after it. :func:`is_undecodable` tells them apart from ordinary
+records; they are always the last record. Keeping them (instead of refusing the telegram)
+keeps the readings the meter sent before them.
+
 The one place the two readers differ is the length of variable-length data (LVAR) above 0xBF:
 ``libmbus=True`` reproduces libmbus's lengths (so the XML matches it), the default follows the
 standard. EN 13757-3 limits a record to 10 DIFEs and 10 VIFEs; so does libmbus.
@@ -108,6 +116,11 @@ def parse_records(
                 more = True
             records.append((base + offset, dif, b"", None, b"", None, bytes(data[pos + 1 :]), None))
             break
+        if not libmbus and dif & 0x0F == 0x0F:
+            # Reserved special function (data field 1111 other than 0F/1F/2F): even its DIFEs
+            # and VIF are undefined, so it and everything after it are kept as bytes, unread.
+            records.append((base + offset, dif, b"", None, b"", None, bytes(data[pos:]), None))
+            break
         pos += 1
         difes = b""
         if dif & 0x80:
@@ -156,19 +169,13 @@ def parse_records(
                     length = 0  # libmbus leaves the byte to be read as the next DIF
                     lvar = None
                 else:
-                    raise DecodeError(
-                        "reserved LVAR 0x%02X" % lvar,
-                        base + pos,
-                        "LVAR 00-BF, C0-C9, D0-D9, E0-EF or F0-F6",
+                    # The length is unknown, so nothing after this byte can be framed.
+                    records.append(
+                        (base + offset, dif, difes, vif, vifes, text, bytes(data[pos:]), lvar)
                     )
+                    break
             else:
                 pos += 1
-        elif not libmbus and dif & 0x0F == 0x0F:
-            raise DecodeError(
-                "reserved special-function DIF 0x%02X" % dif,
-                base + offset,
-                "DIF 0F, 1F, 2F or a data DIF",
-            )
         if pos + length > end:
             raise TruncatedRecord(
                 "record data of %d bytes runs past the end (%d left)" % (length, end - pos),
@@ -180,6 +187,13 @@ def parse_records(
         )
         pos += length
     return records, more
+
+
+def is_undecodable(dif: int, vif: int | None, lvar: int | None) -> bool:
+    """Is this raw record one after which the standard's reading stopped (see module doc)?"""
+    if vif is None:
+        return dif != DIF_MANUFACTURER and dif != DIF_MORE_RECORDS
+    return lvar is not None and lvar > 0xF6
 
 
 def storage_number(dif: int, difes: bytes) -> int:

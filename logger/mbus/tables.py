@@ -286,8 +286,10 @@ def _combinable() -> tuple:
             )
     for n in range(8):
         t[0x70 + n] = ("multiplicative correction 10^" + str(n - 6), n - 6)
+    # E111 10nn: the record is an additive correction constant (an offset) in the unit of the
+    # VIF x 10^(nn-3); the scale applies to the value like a multiplicative correction does.
     for n in range(4):
-        t[0x78 + n] = ("additive correction constant 10^" + str(n - 3), 0)
+        t[0x78 + n] = ("additive correction constant 10^" + str(n - 3), n - 3)
     t[0x7D] = ("multiplicative correction 10^3", 3)
     t[0x7E] = ("future value", 0)
     t[0x7F] = ("manufacturer specific VIFEs follow", 0)

@@ -96,9 +96,9 @@ def test_variable_length_data() -> None:
     binary = record("0D13" + "E3" + "FFFFFF")
     assert binary["type"] == "int" and binary["raw"] == -1
     assert record("0D13" + "E0")["value"] == "0"  # found by fuzzing: empty binary number
-    with pytest.raises(DecodeError) as info:
-        decode(frame("0D13" + "F9" + "00"))
-    assert info.value.offset == 7 + 12 + 2
+    reserved = record("0D13" + "F9" + "00")  # reserved LVAR: kept, reading stops there
+    assert reserved["flags"] == ["reserved LVAR", "rest of telegram not decoded"]
+    assert reserved["raw"] == "F900" and reserved["value"] is None
 
 
 @pytest.mark.parametrize(
