@@ -1117,21 +1117,18 @@ class Capabilities:
             has_service = importlib.util.find_spec(UPLINK_MODULE) is not None
         except ModuleNotFoundError:
             has_service = False
-        methods: set[str] = set()
+        methods: frozenset[str] = frozenset()
         try:
-            from receiver import server
+            from receiver.server import ReceiverServer
 
-            for name in contract.METHODS:
-                handler = "_" + re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-                if hasattr(server.ReceiverServer, handler):
-                    methods.add(name)
+            methods = ReceiverServer.served_methods() & set(contract.METHODS)
         except ImportError:
             pass
         try:
             check = importlib.util.find_spec("logger.cli.uplink") is not None
         except ModuleNotFoundError:
             check = False
-        return cls(has_service, frozenset(methods), check)
+        return cls(has_service, methods, check)
 
     @property
     def data_path(self) -> bool:

@@ -4,7 +4,7 @@ The server (:mod:`receiver.server`) authenticates the secure channel, decodes th
 Variants against the contract (:func:`receiver.server.decode_arguments`), checks the role, and
 hands each logger method to a handler here together with the :class:`~receiver.security.Principal`
 of the channel certificate - the identity is never an argument. Bad requests raise
-:class:`receiver.server.BadRequest` with an OPC UA status code; the server audits them and
+:class:`BadRequest` with an OPC UA status code; the server audits them and
 answers with that code. Nothing is changed by a bad request.
 
 ``PushReadings`` status codes:
@@ -37,7 +37,6 @@ from asyncua import ua
 
 from logger import contract
 from receiver.addressspace import AddressSpace
-from receiver.server import BadRequest
 from receiver.storage import (
     BadBatch,
     MeterHealth,
@@ -48,12 +47,20 @@ from receiver.storage import (
 
 if TYPE_CHECKING:
     from receiver.security import Principal
-    from receiver.server import ReceiverServer
+    from receiver.server import MethodHandler, ReceiverServer
 
 _LOGGER = logging.getLogger(__name__)
 
 DEVICE_REFRESH_S = 10.0
 """A logger's properties (LastContact...) are refreshed after a push at most this often."""
+
+
+class BadRequest(Exception):
+    """A method call refused with an OPC UA status code; nothing was changed by it."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _null_time(value: Any) -> dt.datetime | None:
@@ -75,6 +82,16 @@ def push_status(message: str) -> int:
 class DataPath:
     """The logger methods (``handlers()``) and the address space they keep current."""
 
+    METHODS = frozenset(
+        {
+            contract.PUSH_READINGS,
+            contract.GET_CONFIGURATION,
+            contract.REPORT_INSTALLATION,
+            contract.REPORT_STATUS,
+        }
+    )
+    """The contract methods this class implements (the server answers ``GetTrustList``)."""
+
     def __init__(self, receiver: ReceiverServer) -> None:
         self.receiver = receiver
         self.address_space: AddressSpace | None = None
@@ -86,7 +103,7 @@ class DataPath:
     def storage(self) -> Storage:
         return self.receiver.storage
 
-    def handlers(self) -> dict[str, Any]:
+    def handlers(self) -> dict[str, MethodHandler]:
         return {
             contract.PUSH_READINGS: self.push_readings,
             contract.GET_CONFIGURATION: self.get_configuration,
@@ -252,12 +269,8 @@ def install_datapath(receiver: ReceiverServer) -> DataPath:
     ``await datapath.start()`` after it to build the Loggers tree from the storage, and
     ``await datapath.stop()`` before stopping the server."""
     datapath = DataPath(receiver)
-    handlers = datapath.handlers()
-    receiver._push_readings = handlers[contract.PUSH_READINGS]  # type: ignore[method-assign]
-    receiver._get_configuration = handlers[contract.GET_CONFIGURATION]  # type: ignore[method-assign]
-    receiver._report_installation = handlers[contract.REPORT_INSTALLATION]  # type: ignore[method-assign]
-    receiver._report_status = handlers[contract.REPORT_STATUS]  # type: ignore[method-assign]
+    receiver.set_methods(datapath.handlers())
     return datapath
 
 
-__all__ = ["DataPath", "install_datapath", "push_status"]
+__all__ = ["BadRequest", "DataPath", "install_datapath", "push_status"]

@@ -23,10 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from asyncua.crypto.permission_rules import User, UserRole
 
 from logger import contract
 from receiver import _compat
+from receiver.datapath import BadRequest, DataPath, install_datapath
 from receiver.security import (
     Gate,
     Principal,
@@ -45,18 +45,16 @@ from receiver.security import (
     Refused,
     read_passphrase,
 )
-from receiver.storage import (
-    BadBatch,
-    InvalidConfiguration,
-    MeterHealth,
-    SequenceConflict,
-    StatusReport,
-    Storage,
-    StorageError,
-    open_storage,
-)
+from receiver.storage import InvalidConfiguration, Storage, StorageError, open_storage
 
 _LOGGER = logging.getLogger(__name__)
+
+MethodHandler = Callable[[Principal, dict[str, Any]], Awaitable[list[Any]]]
+"""One method of the contract: the channel's principal and the decoded inputs -> the outputs.
+
+It raises :class:`receiver.datapath.BadRequest` for a request it refuses; the server checks
+the role before and audits the refusal after, so a handler never sees an unauthorised call.
+"""
 
 DEFAULT_LISTEN = "opc.tcp://0.0.0.0:4840"
 RELOAD_INTERVAL_S = 5.0
@@ -94,12 +92,6 @@ class ChannelUser(User):
 
 def _status(code: int) -> ua.StatusCode:
     return ua.StatusCode(ua.UInt32(code))
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _ua_argument(arg: contract.Argument) -> ua.Argument:
@@ -199,7 +191,15 @@ class _GateUserManager:
 
 
 class ReceiverServer:
-    """The running receiver: asyncua server, gate, methods, trust reloading."""
+    """The running receiver: asyncua server, gate, methods, trust reloading.
+
+    ``methods`` are the handlers of the loggers' methods by contract name (every method of
+    :data:`logger.contract.METHODS` but ``GetTrustList``, which the server answers itself from
+    its gate). By default they are those of a :class:`receiver.datapath.DataPath` without an
+    address space; :func:`receiver.datapath.install_datapath` plugs in one that keeps the
+    Loggers tree. Whatever the handlers, the role check and the attribution to the channel
+    certificate stay here, in :meth:`_method`.
+    """
 
     def __init__(
         self,
@@ -208,6 +208,7 @@ class ReceiverServer:
         listen: str = DEFAULT_LISTEN,
         reload_interval_s: float = RELOAD_INTERVAL_S,
         recheck_interval_s: float = RECHECK_INTERVAL_S,
+        methods: Mapping[str, MethodHandler] | None = None,
     ) -> None:
         self.rdir = rdir
         self.storage = storage
@@ -220,6 +221,31 @@ class ReceiverServer:
         self._watcher: asyncio.Task[None] | None = None
         self.closed_channels = 0
         self._audit_recent: dict[tuple[str, str, str], tuple[float, int]] = {}
+        self._handlers: dict[str, MethodHandler] = {}
+        self.set_methods(DataPath(self).handlers() if methods is None else methods)
+
+    @classmethod
+    def served_methods(cls) -> frozenset[str]:
+        """The contract methods a receiver of this build answers (with its default handlers)."""
+        return frozenset(DataPath.METHODS) | {contract.GET_TRUST_LIST}
+
+    def set_methods(self, methods: Mapping[str, MethodHandler]) -> None:
+        """Use ``methods`` for the loggers' methods; before :meth:`start` only, all of them.
+
+        Refusing an incomplete or unknown set here means a receiver never starts with a
+        method node that has nothing behind it, and never lets a handler replace the
+        gate's own ``GetTrustList``.
+        """
+        if self.server is not None:
+            raise RuntimeError("the receiver's methods are fixed once it has started")
+        expected = set(contract.METHODS) - {contract.GET_TRUST_LIST}
+        if set(methods) != expected:
+            missing = sorted(expected - set(methods))
+            unknown = sorted(set(methods) - expected)
+            raise ValueError(
+                f"receiver methods: missing {missing or 'none'}, not allowed {unknown or 'none'}"
+            )
+        self._handlers = {**methods, contract.GET_TRUST_LIST: self._get_trust_list}
 
     # -- background work -------------------------------------------------------------------
     def spawn(self, coro: Awaitable[Any]) -> None:
@@ -376,18 +402,11 @@ class ReceiverServer:
         objects = server.nodes.objects
         receiver = await objects.add_object(idx, contract.RECEIVER_OBJECT)
         await receiver.add_folder(idx, contract.LOGGERS_FOLDER)
-        handlers: dict[str, Callable[[Principal, dict[str, Any]], Awaitable[list[Any]]]] = {
-            contract.PUSH_READINGS: self._push_readings,
-            contract.GET_CONFIGURATION: self._get_configuration,
-            contract.REPORT_INSTALLATION: self._report_installation,
-            contract.REPORT_STATUS: self._report_status,
-            contract.GET_TRUST_LIST: self._get_trust_list,
-        }
         for name, (inputs, outputs) in contract.METHODS.items():
             await receiver.add_method(
                 idx,
                 name,
-                self._method(name, inputs, outputs, handlers[name]),
+                self._method(name, inputs, outputs, self._handlers[name]),
                 [_ua_argument(a) for a in inputs],
                 [_ua_argument(a) for a in outputs],
             )
@@ -397,7 +416,7 @@ class ReceiverServer:
         name: str,
         inputs: tuple[contract.Argument, ...],
         outputs: tuple[contract.Argument, ...],
-        handler: Callable[[Principal, dict[str, Any]], Awaitable[list[Any]]],
+        handler: MethodHandler,
     ) -> Callable[..., Awaitable[Any]]:
         async def _call(parent: ua.NodeId, *variants: Any) -> Any:
             user = _compat.current_user.get()
@@ -430,95 +449,9 @@ class ReceiverServer:
 
         return _call
 
-    async def _push_readings(self, who: Principal, args: dict[str, Any]) -> list[Any]:
-        columns = {a.name: args[a.name] for a in contract.PUSH_READINGS_INPUT if a.array}
-        for name in ("SourceTime", "LoggerTime"):
-            columns[name] = [_null_time(t) for t in columns[name]]
-        try:
-            contract.check_push_columns(columns)
-        except ValueError as exc:
-            too_large = "exceeds" in str(exc)
-            raise BadRequest(
-                ua.StatusCodes.BadRequestTooLarge
-                if too_large
-                else ua.StatusCodes.BadInvalidArgument,
-                str(exc),
-            ) from exc
-        try:
-            result = await self.storage.push(
-                who.application_uri, who.thumbprint, str(args["Epoch"] or ""), columns
-            )
-        except BadBatch as exc:
-            status = (
-                ua.StatusCodes.BadRequestTooLarge
-                if exc.too_large
-                else (ua.StatusCodes.BadInvalidArgument)
-            )
-            raise BadRequest(status, str(exc)) from exc
-        except SequenceConflict as exc:
-            raise BadRequest(ua.StatusCodes.BadInvalidArgument, str(exc)) from exc
-        return [result.acknowledged_up_to, result.inserted, result.duplicates]
-
-    async def _get_configuration(self, who: Principal, args: dict[str, Any]) -> list[Any]:
-        current = await self.storage.get_config(who.application_uri)
-        if current is None:
-            return [0, ""]
-        running = int(args["RunningVersion"] or 0)
-        return [current.version, "" if running == current.version else current.document]
-
-    async def _report_installation(self, who: Principal, args: dict[str, Any]) -> list[Any]:
-        for name in ("Serial", "Location", "FirmwareVersion"):
-            text = args[name]
-            if not isinstance(text, str) or len(text) > contract.MAX_VALUE_STRING:
-                raise BadRequest(
-                    ua.StatusCodes.BadInvalidArgument, f"{name} is not a bounded string"
-                )
-        serial = who.serial
-        if serial and args["Serial"] != serial:
-            raise BadRequest(
-                ua.StatusCodes.BadInvalidArgument,
-                f"serial {args['Serial']!r} does not match the certificate's {serial!r}",
-            )
-        await self.storage.report_installation(
-            who.application_uri,
-            who.thumbprint,
-            args["Serial"],
-            args["Location"],
-            args["FirmwareVersion"],
-        )
-        return []
-
-    async def _report_status(self, who: Principal, args: dict[str, Any]) -> list[Any]:
-        ids = args["MeterIds"]
-        columns = [
-            args[n] for n in ("MeterOk", "MeterFailures", "MeterLastSuccess", "MeterLastError")
-        ]
-        if any(len(c) != len(ids) for c in columns) or len(ids) > contract.MAX_BATCH:
-            raise BadRequest(ua.StatusCodes.BadInvalidArgument, "meter arrays of unequal length")
-        meters = tuple(
-            MeterHealth(str(m), bool(ok), int(f), _null_time(t), str(e or ""))
-            for m, ok, f, t, e in zip(ids, *columns, strict=True)
-        )
-        status = StatusReport(
-            buffer_depth=int(args["BufferDepth"]),
-            oldest_age_s=float(args["OldestAgeSeconds"]),
-            losses=int(args["Losses"]),
-            cert_days_left=int(args["CertificateDaysLeft"]),
-            config_version=int(args["ConfigVersion"]),
-            meters=meters,
-        )
-        await self.storage.report_status(who.application_uri, who.thumbprint, status)
-        return []
-
     async def _get_trust_list(self, who: Principal, args: dict[str, Any]) -> list[Any]:
         certs, crls = self.gate.trust_list()
         return [certs, crls]
-
-
-def _null_time(value: Any) -> dt.datetime | None:
-    if not isinstance(value, dt.datetime) or value.year <= 1601:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 # -- command -------------------------------------------------------------------------------
@@ -544,8 +477,6 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    from receiver.datapath import install_datapath
-
     receiver = ReceiverServer(rdir, storage, args.listen or DEFAULT_LISTEN)
     datapath = install_datapath(receiver)  # the loggers' methods and the Loggers tree
     started = False
@@ -569,4 +500,4 @@ def serve_main(args: argparse.Namespace) -> int:
     return asyncio.run(_serve(args))
 
 
-__all__ = ["ChannelUser", "ReceiverServer", "decode_arguments", "serve_main"]
+__all__ = ["ChannelUser", "MethodHandler", "ReceiverServer", "decode_arguments", "serve_main"]

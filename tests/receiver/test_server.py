@@ -246,3 +246,27 @@ def test_server_methods_are_declared_from_the_contract(spki: SharedPki, tmp_path
                 await client.disconnect()
 
     run(scenario())
+
+
+def test_methods_are_complete_and_fixed_before_start(spki: SharedPki, tmp_path: Path) -> None:
+    """A receiver never starts with a method node that has no handler, a handler cannot
+    replace the gate's GetTrustList, and the methods cannot change under live sessions."""
+
+    async def handler(who: object, args: dict[str, object]) -> list[object]:
+        return []
+
+    async def scenario() -> None:
+        own = {m: handler for m in contract.METHODS if m != contract.GET_TRUST_LIST}
+        async with running_receiver(spki.rx, tmp_path) as srv:
+            assert ReceiverServer.served_methods() == set(contract.METHODS)
+            with pytest.raises(RuntimeError, match="fixed once it has started"):
+                srv.set_methods(own)
+            idle = ReceiverServer(srv.rdir, srv.storage, methods=own)
+            incomplete = dict(own)
+            del incomplete[contract.PUSH_READINGS]
+            with pytest.raises(ValueError, match=r"missing \['PushReadings'\]"):
+                idle.set_methods(incomplete)
+            with pytest.raises(ValueError, match=r"not allowed \['GetTrustList'\]"):
+                idle.set_methods({**own, contract.GET_TRUST_LIST: handler})
+
+    run(scenario())
