@@ -233,6 +233,10 @@ def _record(rec: tuple, index: int, msb: bool) -> dict:
             number = _signed(data, msb)
             raw = number
             mantissa = number * multiplier
+    if mantissa is not None and (kind == DATE or kind == DATETIME or date_vife):
+        # A date VIF with a data field no date type has (8 or 64 bits, BCD, LVAR): the number
+        # is kept as sent, and flagged so it is not taken for a reading.
+        flags.append("date format not decoded")
     if mantissa is not None:
         if raw is None:
             raw = mantissa

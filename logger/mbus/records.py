@@ -16,9 +16,9 @@ Two records mark where the standard's reading has to stop, because the length of
 follows is unknown: a reserved special-function DIF (data field 1111 other than 0x0F, 0x1F,
 0x2F) comes as ``vif`` ``None`` with ``data`` holding every byte from the DIF on, and a
 reserved LVAR (0xF7-0xFF) as a record whose ``lvar`` is that byte and whose ``data`` holds
-that byte and every byte after it. :func:`is_undecodable` tells them apart from ordinary
-records; they are always the last record. Keeping them (instead of refusing the telegram)
-keeps the readings the meter sent before them.
+that byte and every byte after it (``lvar`` above 0xF6 tells it apart). Either is always the
+last record. Keeping them (instead of refusing the telegram) keeps the readings the meter sent
+before them.
 
 The one place the two readers differ is the length of variable-length data (LVAR) above 0xBF:
 ``libmbus=True`` reproduces libmbus's lengths (so the XML matches it), the default follows the
@@ -187,13 +187,6 @@ def parse_records(
         )
         pos += length
     return records, more
-
-
-def is_undecodable(dif: int, vif: int | None, lvar: int | None) -> bool:
-    """Is this raw record one after which the standard's reading stopped (see module doc)?"""
-    if vif is None:
-        return dif != DIF_MANUFACTURER and dif != DIF_MORE_RECORDS
-    return lvar is not None and lvar > 0xF6
 
 
 def storage_number(dif: int, difes: bytes) -> int:

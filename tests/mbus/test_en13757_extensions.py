@@ -181,3 +181,27 @@ def test_defined_lvars_still_decode_past_the_record() -> None:
     recs = _records("0D13F0" + "01" * 16 + "041302000000")
     assert recs[0]["type"] == "int" and recs[0]["flags"] == []
     assert recs[1]["value"] == "0.002"
+
+
+# -- date VIFs with a data field no date type has ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "hexdata,raw",
+    [
+        ("016D05", 5),  # 8-bit integer
+        ("0E6D563412000000", 123456),  # 12-digit BCD
+        ("0D6DE3010203", 0x030201),  # LVAR binary number
+        ("01FD7005", 5),  # date and time of battery change, 8-bit
+        ("01936A05", 5),  # combinable VIFE 0x6A (date of begin of first) on an 8-bit value
+    ],
+)
+def test_date_vif_with_a_non_date_data_field_is_flagged(hexdata: str, raw: int) -> None:
+    rec = _one(hexdata)
+    assert rec["raw"] == raw
+    assert rec["flags"] == ["date format not decoded"]
+
+
+def test_date_vif_with_a_date_data_field_is_not_flagged() -> None:
+    rec = _one("046D2B117811")
+    assert (rec["value"], rec["flags"]) == ("2011-01-24T17:43", [])
