@@ -32,7 +32,6 @@ import logging
 import os
 import signal
 import socket
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from logger.config import CloudLayerStore, ConfigError, load
 from logger.config.model import BusKind, Config, MeterConfig
+from logger.fileio import replace_file
 from logger.poller import MeterReader, MeterReadError, Poller, TickReport, lane_of
 from logger.readings import Reading, ReadingError, readings_from_mbus
 from logger.store.api import ReadingStore, SchemaTooNew, StoreError, StoreStats
@@ -281,24 +281,6 @@ def stats_dict(stats: StoreStats) -> dict[str, Any]:
             "policy": limits.policy.value,
         },
     }
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` so a reader sees the old or the new content, never a torn one.
-
-    Not fsynced: the status file is rewritten every tick and describes the running process
-    only; an fsync per tick would double the SD card's sync load for nothing a power cut
-    could not rebuild at the next tick.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- the uplink hook ---------------------------------------------------------------------------
@@ -645,7 +627,10 @@ class Daemon:
             data = json.dumps(doc, separators=(",", ":")).encode() + b"\n"
             try:
                 path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                write_atomic(path, data)
+                # Atomic for readers, not fsynced: rewritten every tick and describes the
+                # running process only (tmpfs in production); a sync per tick would wear the
+                # SD card for nothing the next tick does not rebuild.
+                replace_file(path, data, 0o644, fsync=False)
             except OSError as exc:
                 _LOGGER.error("cannot write the status file %s: %s", path, exc)
 

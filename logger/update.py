@@ -348,35 +348,26 @@ def write_bundle(
         ti.linkname = target
         return ti
 
+    # Not part of the guard (which has no ``logger`` package to import): the bundle is made on
+    # the build station, where the whole package is installed.
+    from logger.fileio import replacing
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with (
-            os.fdopen(fd, "wb") as raw,
-            tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf,
-        ):
-            tf.addfile(info(MANIFEST, tarfile.REGTYPE, 0o644, len(data)), io.BytesIO(data))
-            tf.addfile(
-                info(SIGNATURE, tarfile.REGTYPE, 0o644, len(signature)), io.BytesIO(signature)
-            )
-            for e in entries:
-                name = PAYLOAD + e.path
-                if e.type == "file":
-                    with open(src / e.path, "rb") as fh:
-                        tf.addfile(info(name, tarfile.REGTYPE, e.mode, e.size), fh)
-                elif e.type == "dir":
-                    tf.addfile(info(name, tarfile.DIRTYPE, e.mode))
-                else:
-                    tf.addfile(info(name, tarfile.SYMTYPE, 0o777, target=e.target))
-            tf.close()
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    with (
+        replacing(out, 0o644) as raw,
+        tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf,
+    ):
+        tf.addfile(info(MANIFEST, tarfile.REGTYPE, 0o644, len(data)), io.BytesIO(data))
+        tf.addfile(info(SIGNATURE, tarfile.REGTYPE, 0o644, len(signature)), io.BytesIO(signature))
+        for e in entries:
+            name = PAYLOAD + e.path
+            if e.type == "file":
+                with open(src / e.path, "rb") as fh:
+                    tf.addfile(info(name, tarfile.REGTYPE, e.mode, e.size), fh)
+            elif e.type == "dir":
+                tf.addfile(info(name, tarfile.DIRTYPE, e.mode))
+            else:
+                tf.addfile(info(name, tarfile.SYMTYPE, 0o777, target=e.target))
     return manifest
 
 
@@ -679,22 +670,33 @@ def _now() -> str:
 
 
 def write_file_atomic(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Replace ``path`` atomically and durably: temporary file (``mode`` before the first
+    byte), fsync, rename, fsync of the directory.
+
+    The standalone copy of :func:`logger.fileio.replace_file`, whose docstring says why each
+    step is there. The guard runs as one file (``python3 -I -S update-guard``) with no
+    ``logger`` package to import, so it cannot share that module; ``tests/test_fileio.py``
+    runs the same contract tests against both so they cannot drift apart.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
             fh.write(data)
             fh.flush()
-            os.fchmod(fh.fileno(), mode)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     _fsync_dir(path.parent)
 
 
 def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (see :func:`logger.fileio.fsync_dir`)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from logger.config.load import ConfigError, apply_cloud_layer, parse_cloud_layer
 from logger.config.model import Config
+from logger.fileio import replace_file
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -70,19 +69,6 @@ class CloudLayerStore:
         return merged
 
     def _write(self, data: bytes) -> None:
+        """Save durably: a power cut must bring back the last good layer, not an empty file."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".cloud-layer-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_file(self.path, data, 0o600)

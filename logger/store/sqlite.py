@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from logger.fileio import fsync_dir
 from logger.readings import Reading, ValueKind, utc_now
 from logger.store._policy import PendingRow, Plan, plan_tick
 from logger.store.api import (
@@ -299,7 +300,7 @@ class SqliteStore:
             src = Path(str(self.path) + suffix)
             if src.exists():
                 os.replace(src, Path(str(target) + suffix))
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         _LOGGER.error(
             "buffer database %s is corrupt (%s); moved aside to %s, starting a new "
             "store with a new epoch",
@@ -343,7 +344,7 @@ class SqliteStore:
             )
             _LOGGER.info("buffer %s: schema migrated to version %d", self.path, target)
         if version == 0:
-            _fsync_dir(self.path.parent)  # a new database: make its directory entry durable
+            fsync_dir(self.path.parent)  # a new database: make its directory entry durable
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -811,12 +812,3 @@ class SqliteStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable (the directory entry, not just the file)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

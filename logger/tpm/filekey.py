@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.utils import NoDigestInfo, Prehashed
 from cryptography.hazmat.primitives.hashes import HashAlgorithm
 
+from logger.fileio import replace_file
 from logger.tpm.errors import KeyFileError
-from logger.tpm.state import replace_file
 
 #: Name of the systemd credential (LoadCredential=/SetCredentialEncrypted=) holding the
 #: passphrase of the device key file, or the auth value of the TPM key.
@@ -81,7 +81,7 @@ def find_secret(state_dir: Path, secret_file: Path | None = None) -> bytes | Non
 
 
 def write_private_bytes(path: Path, data: bytes) -> None:
-    """Write a secret atomically with mode 0600 from the first byte (no umask window)."""
+    """Write a secret atomically and durably, mode 0600 from the first byte (no umask window)."""
     replace_file(path, data, 0o600)
 
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,6 +50,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from logger.fileio import replace_file
 from logger.tpm.errors import StateDirError
 
 IDENTITY = "identity.json"
@@ -76,40 +76,11 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` atomically, creating its directory (0700) when missing."""
+    """Write ``data`` to ``path`` atomically and durably (:func:`logger.fileio.replace_file`),
+    creating its directory (0700) when missing; ``mode`` 0644 suits certificates and CRLs."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     replace_file(path, data, mode)
-
-
-def replace_file(path: Path, data: bytes, mode: int) -> None:
-    """Replace ``path`` durably: tmp + fsync + rename + fsync(dir); a reader or a power cut
-    sees the old or the new content, never a torn one.
-
-    The temporary file has ``mode`` from its first byte (no umask window for a secret) and is
-    opened with O_NOFOLLOW, so a planted symlink cannot redirect the write.
-    """
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb", closefd=True) as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def thumbprint(cert: x509.Certificate) -> str:
@@ -387,7 +358,6 @@ __all__ = [
     "ensure_private_dir",
     "load_pem_certs",
     "pem_certs",
-    "replace_file",
     "ski_name",
     "thumbprint",
 ]
