@@ -16,7 +16,14 @@ MicroPython-clean.
 from logger.mbus import tables
 from logger.mbus.application import ERROR, FIXED, Telegram, parse_telegram
 from logger.mbus.numbers import HEX2, dec_str, float32_decimal, hexstr
-from logger.mbus.records import DIF_MANUFACTURER, DIF_MORE_RECORDS, storage_number, subunit, tariff
+from logger.mbus.records import (
+    DIF_MANUFACTURER,
+    DIF_MORE_RECORDS,
+    lvar_length,
+    storage_number,
+    subunit,
+    tariff,
+)
 
 _PRIMARY = tables.PRIMARY_VIF
 _FD = tables.FD_VIF
@@ -181,7 +188,7 @@ def _record(rec: tuple, index: int, msb: bool) -> dict:
     mantissa: int | None = None
     raw: int | str | None = None
     vtype: str | None = "none"
-    if dfield == 13 and lvar > 0xF6:
+    if dfield == 13 and lvar > 0xBF and lvar_length(lvar, False) is None:
         flags.append("reserved LVAR")
         flags.append(_NOT_DECODED)
         raw = hexstr(data)
@@ -203,6 +210,11 @@ def _record(rec: tuple, index: int, msb: bool) -> dict:
         else:
             mantissa = pair[0] * multiplier
             exponent += pair[1]
+    elif dfield == 13 and lvar <= 0xBF and (kind == DATE or kind == DATETIME or date_vife):
+        # Type M (EN 13757-3:2018, date and time in UTC with a time offset, as LVAR): kept as
+        # bytes and flagged; it is not text.
+        flags.append("date format not decoded")
+        raw = hexstr(data)
     elif dfield == 13 and lvar <= 0xBF:
         vtype = "text"
         value = "".join([chr(b) for b in reversed(data)])

@@ -15,8 +15,8 @@ and ``lvar`` the variable-length byte of data field 0x0D (else ``None``).
 Two records mark where the standard's reading has to stop, because the length of what
 follows is unknown: a reserved special-function DIF (data field 1111 other than 0x0F, 0x1F,
 0x2F) comes as ``vif`` ``None`` with ``data`` holding every byte from the DIF on, and a
-reserved LVAR (0xF7-0xFF) as a record whose ``lvar`` is that byte and whose ``data`` holds
-that byte and every byte after it (``lvar`` above 0xF6 tells it apart). Either is always the
+reserved LVAR (CA-CF, DA-DF, F7-FF: :func:`lvar_length` is ``None``) as a record whose ``lvar``
+is that byte and whose ``data`` holds that byte and every byte after it. Either is always the
 last record. Keeping them (instead of refusing the telegram) keeps the readings the meter sent
 before them.
 

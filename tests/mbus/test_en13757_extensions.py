@@ -167,7 +167,7 @@ def test_every_reserved_dif_is_kept_not_refused(dif: str) -> None:
     assert recs[1]["raw"] == dif + "80"
 
 
-@pytest.mark.parametrize("lvar", ["F7", "F8", "FA", "FF"])
+@pytest.mark.parametrize("lvar", ["CA", "CF", "DA", "DF", "F7", "F8", "FA", "FF"])
 def test_reserved_lvar_stops_reading_with_a_flag(lvar: str) -> None:
     first, reserved = _records("041301000000" + "0DFD0F" + lvar + "41" + "041302000000")
     assert first["value"] == "0.001"
@@ -205,3 +205,10 @@ def test_date_vif_with_a_non_date_data_field_is_flagged(hexdata: str, raw: int) 
 def test_date_vif_with_a_date_data_field_is_not_flagged() -> None:
     rec = _one("046D2B117811")
     assert (rec["value"], rec["flags"]) == ("2011-01-24T17:43", [])
+
+
+def test_date_and_time_as_lvar_is_not_read_as_text() -> None:
+    """VIF 0x6D with an LVAR of 0x00-0xBF carries type M (EN 13757-3:2018), not text."""
+    rec = _one("0D6D" + "06" + "1E2B11781100")
+    assert (rec["type"], rec["value"], rec["raw"]) == ("none", None, "1E2B11781100")
+    assert rec["flags"] == ["date format not decoded"]
