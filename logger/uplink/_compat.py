@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from asyncua import Client, ua
+from asyncua import Client, Node, ua
 from asyncua.crypto import security_policies as sp
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
@@ -235,12 +235,18 @@ class SecureClient:
         if on_lost is not None:
             client.connection_lost_callback = on_lost  # type: ignore[assignment]
         self.client = client
+        # (namespace URI, object, method) -> (object node, method NodeId), resolved once per
+        # connection: browsing costs three round trips, more than a PushReadings call itself
+        # on a fast link. Node ids are only valid for the session they were browsed in, so
+        # connect() starts afresh and a failed call forgets its entry.
+        self._methods: dict[tuple[str, str, str], tuple[Node, ua.NodeId]] = {}
 
     @property
     def policy_name(self) -> str:
         return self.endpoint.policy_name
 
     async def connect(self) -> None:
+        self._methods.clear()
         try:
             await self.client.connect()
         except BaseException as exc:
@@ -282,15 +288,26 @@ class SecureClient:
             else ua.Variant(_null_times(a, t), getattr(ua.VariantType, t), is_array=arr)
             for a, (t, arr) in zip(args, types, strict=True)
         ]
+        key = (namespace_uri, obj, method)
         try:
-            idx = await self.client.get_namespace_index(namespace_uri)
-            parent = await self.client.nodes.objects.get_child(f"{idx}:{obj}")
-            target = await parent.get_child(f"{idx}:{method}")
-            return await parent.call_method(target.nodeid, *variants)
+            resolved = self._methods.get(key)
+            if resolved is None:
+                resolved = await self._resolve(namespace_uri, obj, method)
+                self._methods[key] = resolved
+            parent, method_id = resolved
+            return await parent.call_method(method_id, *variants)
         except BaseException as exc:
+            self._methods.pop(key, None)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise classify(exc, f"{obj}.{method}") from exc
+
+    async def _resolve(self, namespace_uri: str, obj: str, method: str) -> tuple[Node, ua.NodeId]:
+        """Browse Objects/``obj``/``method`` by browse name (the server's ids are its own)."""
+        idx = await self.client.get_namespace_index(namespace_uri)
+        parent = await self.client.nodes.objects.get_child(f"{idx}:{obj}")
+        target = await parent.get_child(f"{idx}:{method}")
+        return parent, target.nodeid
 
 
 _NULL_TIME = datetime.datetime(1601, 1, 1, tzinfo=datetime.UTC)

@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from asyncua import ua
@@ -22,6 +23,7 @@ from logger.uplink.errors import (
     CertificateRejected,
     NetworkDown,
     NoAcceptablePolicy,
+    ProtocolError,
     ServerUntrusted,
 )
 from logger.uplink.trust import apply_trust_list
@@ -346,3 +348,47 @@ def test_control_a_stock_asyncua_client_accepts_the_rogue_server(
                 await client.disconnect()
 
     run(scenario())
+
+
+def test_method_node_is_resolved_once_per_connection(spki: SharedPki, tmp_path: Path) -> None:
+    """Browsing to the method costs round trips: done at the first call of a connection, not
+    at every call; a failed call forgets it, and a new connection browses afresh."""
+
+    async def scenario() -> None:
+        async with running_receiver(spki.rx, tmp_path) as srv:
+            with open_device_key(spki.device.state_dir) as key:
+                settings = uplink_settings(srv.endpoint_url, spki.device, spki.rx)
+                for _connection in range(2):
+                    conn = await connect(settings, key)
+                    session = conn._client.client.uaclient.session
+                    paths = _count_browse_paths(session)
+                    try:
+                        for _ in range(3):
+                            assert await conn.call("GetConfiguration", 0) == [0, ""]
+                        assert len(paths) == 2  # the object, then its method, once
+                        certs, crls = await conn.get_trust_list()
+                        assert certs and crls
+                        assert len(paths) == 4  # another method: resolved once too
+                        with pytest.raises(ProtocolError):
+                            await conn.call("ReportInstallation", "SN-NOT-MINE", "x", "1.0")
+                        assert await conn.call("GetConfiguration", 0) == [0, ""]
+                        assert len(paths) == 6  # GetConfiguration kept; the failed one forgot
+                        await conn.call("ReportInstallation", spki.device.serial, "x", "1.0")
+                        assert len(paths) == 8
+                    finally:
+                        await conn.close()
+
+    run(scenario())
+
+
+def _count_browse_paths(session: Any) -> list[object]:
+    """Record every browse path ``session`` translates (what resolving a method node costs)."""
+    paths: list[object] = []
+    translate = session.translate_browsepaths_to_nodeids
+
+    async def counting(bpaths: list[object]) -> Any:
+        paths.extend(bpaths)
+        return await translate(bpaths)
+
+    session.translate_browsepaths_to_nodeids = counting
+    return paths
