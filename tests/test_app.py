@@ -110,7 +110,10 @@ def test_sd_notify_ready_status_watchdog_and_stopping(
     ready = next(m for m in messages if m.get("READY") == "1")
     assert ready["MAINPID"] == str(os.getpid()) and "polling 1 meters" in ready["STATUS"]
     assert messages[-1].get("STOPPING") == "1"
-    status = json.loads((tmp_path / "state" / "status.json").read_text())
+    status_path = tmp_path / "state" / "status.json"
+    status = json.loads(status_path.read_text())
+    assert status_path.stat().st_mode & 0o777 == 0o644  # readable by `mbus-logger status` users
+    assert not [p for p in status_path.parent.iterdir() if p.name.startswith(".status.json.")]
     assert status["state"] == "stopped"
     assert status["meters"][0]["state"] == "up"
     assert status["buffer"]["depth"] >= 1 and status["last_poll"]["commit"]["first_seq"] >= 1

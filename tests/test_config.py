@@ -257,7 +257,9 @@ def test_cloud_layer_store_keeps_the_last_good_one(tmp_path: Path) -> None:
         store.offer(base, bad)
     assert store.path.read_bytes() == saved
     assert store.load(base).cloud_version == "7"
-    assert not [p for p in store.path.parent.iterdir() if p.name.startswith(".cloud-layer-")]
+    # saved private (0600) and durably, with no temporary file left next to it
+    assert [p.name for p in store.path.parent.iterdir()] == ["cloud-layer.json"]
+    assert store.path.stat().st_mode & 0o777 == 0o600
 
 
 def test_saved_layer_that_no_longer_fits_the_file_is_not_applied(tmp_path: Path) -> None:
