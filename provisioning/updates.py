@@ -21,13 +21,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from logger.cli.common import OK, USAGE, CliError, add_format, emit
+from logger.fileio import replace_file
 from logger.update import (
     PRODUCT,
     UpdateError,
     key_fingerprint,
     parse_version,
     write_bundle,
-    write_file_atomic,
 )
 
 KEY_DIR = "update"
@@ -71,8 +71,8 @@ def generate_signing_key(pki: Path, passphrase: bytes) -> tuple[Path, str]:
     public = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    write_file_atomic(private_path, encrypted, 0o600)
-    write_file_atomic(public_path, public, 0o644)
+    replace_file(private_path, encrypted, 0o600)
+    replace_file(public_path, public, 0o644)
     return public_path, key_fingerprint(public)
 
 
