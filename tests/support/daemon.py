@@ -342,9 +342,15 @@ class DaemonProcess:
             return list(self.commits)
 
     def stop(self, timeout: float = 30) -> int:
+        """SIGTERM (unless it already exited) and wait for the exit code."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 30) -> int:
+        """Wait for the exit code (a daemon that does not exit in time is killed)."""
+        assert self.proc is not None
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
