@@ -287,7 +287,7 @@ def stage_files(root: Path) -> None:
     else:
         print(f"warning: {example} does not exist; the package ships no example configuration")
     doc = root / "usr/share/doc" / PACKAGE
-    guide = REPO / "docs" / "readme" / "deployment.md"
+    guide = REPO / "docs" / "deployment.md"
     if guide.exists():
         _install(guide, doc / "README.deployment.md", 0o644)
     _install(DEBIAN_SRC / "copyright", doc / "copyright", 0o644)

@@ -1,6 +1,6 @@
 """``decode(frame_bytes) -> dict``: one telegram as plain JSON-ready values (EN 13757-3).
 
-The schema is documented in ``docs/readme/decoder.md``. Numbers are exact: each numeric
+The schema is documented in ``docs/decoder.md``. Numbers are exact: each numeric
 record carries ``mantissa`` and ``exponent`` (value = mantissa x 10^exponent, already in the
 SI-normalised unit) and ``value`` is that number as a decimal string. Nothing is dropped
 silently: invalid dates, BCD error digits, unknown or reserved codes, record error VIFEs and
@@ -279,7 +279,7 @@ def _reserved_dif(rec: tuple, index: int) -> dict:
     """The record of a reserved special-function DIF: its bytes, and where reading stopped.
 
     Its DIFEs, VIF and data length are undefined, so nothing after the DIF can be framed; the
-    records before it are good readings and are kept (see ``docs/readme/decoder.md``).
+    records before it are good readings and are kept (see ``docs/decoder.md``).
     """
     offset, dif, _difes, _vif, _vifes, _text, data, _lvar = rec
     return {

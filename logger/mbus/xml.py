@@ -4,7 +4,7 @@
 and ``telegram_xml(frame, normalized=True)`` its ``.norm.xml`` layout (values scaled to the
 unit with ``%f``, a ``Quantity`` element). Users of libmbus tooling can switch to this product
 without changing their parsers, so this module reproduces libmbus 0.10 byte for byte,
-including where it departs from EN 13757-3 (each case is listed in ``docs/readme/decoder.md``):
+including where it departs from EN 13757-3 (each case is listed in ``docs/decoder.md``):
 BCD printed as hexadecimal digits, dates with the invalid bit set printed as ``1900-01-00``,
 its LVAR lengths, the scaling of the normalised form done in binary floating point, and
 records it cannot normalise left empty.

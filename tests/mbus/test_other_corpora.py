@@ -1,6 +1,6 @@
 """jMBus and pyMeterBus test telegrams, and telegrams quoted in public bug reports.
 
-Where their semantics and ours differ the test says so and why (see docs/readme/decoder.md):
+Where their semantics and ours differ the test says so and why (see docs/decoder.md):
 both count the manufacturer-specific tail (DIF 0x0F/0x1F) as a record, which our JSON reports
 as ``manufacturer_data``; jMBus does not verify checksums; pyMeterBus reads BCD with error
 digits as a number.
@@ -79,7 +79,7 @@ def _pymeterbus_checks() -> list[tuple[str, dict[str, Any], bytes]]:
     return out
 
 
-# Where pyMeterBus and EN 13757-3 part ways (documented in docs/readme/decoder.md).
+# Where pyMeterBus and EN 13757-3 part ways (documented in docs/decoder.md).
 _PYMETERBUS_DIFFERS = {
     # value-during-error records with BCD digits A-F: pyMeterBus reads them as a number, the
     # standard says the digits mark an error; we flag "BCD error" and give no value.
