@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 NODE_DIR := tests/node
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev libtss2-tcti-swtpm0 pkg-config \
-	socat strace gcc python3-dev python3-venv postgresql openssl
+	socat strace systemd gcc python3-dev python3-venv postgresql openssl
 DURATION ?= 0
 DEMO_DIR ?=
 PYTEST_ARGS ?=
