@@ -157,3 +157,83 @@ def test_an_empty_tick_writes_nothing(tmp_path: Path) -> None:
     assert store.commit_tick([], now=T0).count == 0
     assert (wal.stat().st_size, wal.stat().st_mtime_ns) == before
     store.close()
+
+
+def test_an_older_schema_migrates_once_and_keeps_the_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A later release appends a migration: opening a buffer written by the previous release
+    # applies it exactly once and keeps the epoch, the pending readings, the losses and the
+    # sequence numbering (the server deduplicates by (epoch, seq), so a renumbering would
+    # silently drop or duplicate readings).
+    from logger.store import sqlite as sqlite_backend
+
+    path = tmp_path / "b.db"
+    old = SqliteStore(path, UNBOUNDED)
+    old.commit_tick(make_tick(5), now=T0)
+    old.acknowledge(old.epoch, up_to_seq=2)
+    epoch, pending, losses = old.epoch, old.read(0, 100), old.losses()
+    old.close()
+    assert [r.seq for r in pending] == [3, 4, 5]
+
+    step = (
+        "CREATE TABLE IF NOT EXISTS migration_runs (n INTEGER);"
+        "INSERT INTO migration_runs VALUES (1);"
+        "ALTER TABLE readings ADD COLUMN note TEXT NOT NULL DEFAULT '';"
+    )
+    monkeypatch.setattr(sqlite_backend, "MIGRATIONS", (*sqlite_backend.MIGRATIONS, step))
+    monkeypatch.setattr(sqlite_backend, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+
+    # The read-only inspector never migrates: it names the mismatch and leaves the file alone.
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION}, this logger reads"):
+        SqliteStore(path, UNBOUNDED, readonly=True)
+    assert path.read_bytes() == before
+
+    for _ in range(2):
+        store = SqliteStore(path, UNBOUNDED)
+        assert store.recovery is None
+        assert store.epoch == epoch
+        assert store.read(0, 100) == pending
+        assert store.losses() == losses
+        store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+    assert db.execute("SELECT count(*) FROM migration_runs").fetchone()[0] == 1
+    db.close()
+
+    store = SqliteStore(path, UNBOUNDED)
+    assert store.commit_tick(make_tick(2), now=T0).first_seq == 6
+    assert [r.seq for r in store.read(0, 100)] == [3, 4, 5, 6, 7]
+    store.close()
+
+
+def test_a_failing_migration_leaves_the_old_schema_and_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The migration and the version bump share one transaction: a step that fails half-way
+    # (here: its second statement) must leave neither its first statement nor a new version.
+    from logger.store import sqlite as sqlite_backend
+
+    path = tmp_path / "b.db"
+    old = SqliteStore(path, UNBOUNDED)
+    old.commit_tick(make_tick(3), now=T0)
+    epoch = old.epoch
+    old.close()
+
+    step = "ALTER TABLE readings ADD COLUMN note TEXT; INSERT INTO no_such_table VALUES (1);"
+    monkeypatch.setattr(sqlite_backend, "MIGRATIONS", (*sqlite_backend.MIGRATIONS, step))
+    monkeypatch.setattr(sqlite_backend, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    with pytest.raises(StoreError, match="no_such_table"):
+        SqliteStore(path, UNBOUNDED)
+    assert not list(tmp_path.glob("*.corrupt-*"))
+
+    monkeypatch.setattr(sqlite_backend, "MIGRATIONS", sqlite_backend.MIGRATIONS[:-1])
+    monkeypatch.setattr(sqlite_backend, "SCHEMA_VERSION", SCHEMA_VERSION)
+    store = SqliteStore(path, UNBOUNDED)
+    assert store.recovery is None and store.epoch == epoch
+    assert [r.seq for r in store.read(0, 100)] == [1, 2, 3]
+    columns = [row[1] for row in store._db.execute("PRAGMA table_info(readings)")]
+    assert "note" not in columns
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    store.close()
