@@ -8,8 +8,7 @@
 It builds a :class:`hil.stack.Stack` (software TPM, root CA, an organization, its receiver,
 simulated M-Bus meters and a Modbus meter, one logger enrolled with a TPM key) and watches it:
 the receiver's storage for what arrived, the logger's status file and buffer for what was
-taken. What the build cannot do yet (the data path is detected, not assumed) is said plainly
-in the output, and the table then shows the logger's buffer instead of the receiver.
+taken.
 
 Exit codes: 0 readings arrived end to end (or an interactive run stopped with Ctrl-C); 1 they
 did not; 2 usage (``--dir`` not empty); 3 the stack did not come up (the message names the
@@ -48,12 +47,11 @@ class Row:
 
 @dataclass
 class View:
-    """One refresh: where the table comes from and the figures of the progress line."""
+    """One refresh: the receiver's newest values and the figures of the progress line."""
 
-    source: str
     rows: list[Row] = field(default_factory=list)
     produced: int = 0
-    received: int | None = None
+    received: int = 0
     buffer_depth: int | None = None
     oldest_age_s: float | None = None
     lost: int = 0
@@ -70,9 +68,6 @@ class Watcher:
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
-        self.data_path = stack.capabilities.data_path
-        self._buffered: dict[tuple[str, str], Row] = {}
-        self._since = 0
 
     def cert_days_left(self) -> int | None:
         from cryptography import x509
@@ -95,7 +90,6 @@ class Watcher:
             buffer = status.get("buffer") or {}
         meters = status.get("meters") or []
         view = View(
-            source="receiver" if self.data_path else "logger buffer",
             produced=max(int(buffer.get("next_seq", 1)) - 1, 0),
             buffer_depth=buffer.get("depth"),
             oldest_age_s=buffer.get("oldest_age_s"),
@@ -111,10 +105,7 @@ class Watcher:
             view.uplink = str(connection.get("state") or "")
             if connection.get("error_kind"):
                 view.uplink += f" ({connection['error_kind']})"
-        if self.data_path:
-            self._from_receiver(view)
-        else:
-            self._from_buffer(view)
+        self._from_receiver(view)
         return view
 
     def _from_receiver(self, view: View) -> None:
@@ -128,20 +119,6 @@ class Watcher:
             Row(v.meter, v.record, v.value, v.unit, v.logger_time)
             for v in sorted(latest, key=lambda v: (v.meter, v.record))
         ]
-
-    def _from_buffer(self, view: View) -> None:
-        try:
-            rows = self.stack.logger.buffered_since(self._since, check=False)
-        except ValueError:
-            rows = []  # a line cut short while the daemon wrote: read again next time
-        for item in rows:
-            self._since = max(self._since, int(item["seq"]))
-            taken = dt.datetime.fromisoformat(item["logger_time"])
-            key = (item["meter"], item["key"])
-            self._buffered[key] = Row(
-                item["meter"], item["key"], str(item["value"]), item["unit"], taken
-            )
-        view.rows = [self._buffered[k] for k in sorted(self._buffered)]
 
     def final_count(self) -> tuple[int, int, list[float]]:
         """Readings stored at the receiver for the logger, distinct (epoch, sequence) pairs
@@ -193,11 +170,7 @@ def table(rows: list[Row], per_meter: int = RECORDS_PER_METER) -> list[str]:
 
 
 def progress(view: View, elapsed: float) -> str:
-    parts = [f"{elapsed:5.0f} s", f"produced {view.produced}"]
-    if view.received is not None:
-        parts.append(f"received {view.received}")
-    else:
-        parts.append("received - (not wired)")
+    parts = [f"{elapsed:5.0f} s", f"produced {view.produced}", f"received {view.received}"]
     depth = "-" if view.buffer_depth is None else str(view.buffer_depth)
     parts.append(f"buffer {depth}")
     if view.oldest_age_s is not None:
@@ -236,15 +209,6 @@ def banner(stack: Stack, out: TextIO) -> None:
         f"             M-Bus line {d['meters']['mbus_device']} at {d['meters']['baudrate']} Bd",
         file=out,
     )
-    missing = stack.capabilities.missing()
-    if missing:
-        print("  NOT WIRED YET:", file=out)
-        for item in missing:
-            print(f"    - {item}", file=out)
-        print(
-            "    The table shows the logger's buffer; the receiver receives nothing until then.",
-            file=out,
-        )
     print(file=out)
 
 
@@ -266,7 +230,7 @@ def interactive(stack: Stack, watcher: Watcher, out: TextIO) -> int:
     try:
         while True:
             view = watcher.view()
-            lines = [f"readings at the {view.source} (Ctrl-C stops)", ""]
+            lines = ["readings at the receiver (Ctrl-C stops)", ""]
             lines += table(view.rows)
             lines += ["", progress(view, time.monotonic() - started)]
             out.write("\x1b[H\x1b[J")  # home, clear to the end
@@ -291,7 +255,7 @@ def timed(stack: Stack, watcher: Watcher, duration: float, out: TextIO) -> int:
         time.sleep(min(REFRESH_S, max(duration - elapsed, 0.0)))
     view = watcher.view()
     print(file=out)
-    print(f"readings at the {view.source}:", file=out)
+    print("readings at the receiver:", file=out)
     print("\n".join(table(view.rows, per_meter=2)), file=out)
     print(file=out)
     return summary(stack, watcher, view, time.monotonic() - started, out)
@@ -310,12 +274,6 @@ def summary(stack: Stack, watcher: Watcher, view: View, elapsed: float, out: Tex
     )
     print(f"  buffer depth       {view.buffer_depth}, lost {view.lost}", file=out)
     print(f"  certificate        {view.cert_days_left} days left", file=out)
-    if not watcher.data_path:
-        print("  readings received  none: the data path is not wired in this build", file=out)
-        for item in stack.capabilities.missing():
-            print(f"    missing: {item}", file=out)
-        print("RESULT: readings did NOT arrive end to end", file=out)
-        return 1
     total, distinct, delays = watcher.final_count()
     print(
         f"  readings received  {total} ({distinct} distinct; duplicates {total - distinct})",

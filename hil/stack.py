@@ -1087,74 +1087,6 @@ class LoggerNode:
         )
 
 
-# --- what the product offers now ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """Which parts of the data path this build has, detected (never assumed).
-
-    The logger pushes readings only when its uplink service module exists
-    (:data:`logger.app.UPLINK_MODULE`); the receiver stores them only when its server
-    implements the contract's methods.
-    """
-
-    uplink_service: bool
-    receiver_methods: frozenset[str]
-    uplink_check: bool
-
-    @classmethod
-    def detect(cls) -> Capabilities:
-        import importlib.util
-
-        from logger import contract
-
-        try:
-            from logger.app import UPLINK_MODULE
-        except ImportError:
-            UPLINK_MODULE = "logger.uplink.service"
-        try:
-            has_service = importlib.util.find_spec(UPLINK_MODULE) is not None
-        except ModuleNotFoundError:
-            has_service = False
-        methods: frozenset[str] = frozenset()
-        try:
-            from receiver.server import ReceiverServer
-
-            methods = ReceiverServer.served_methods() & set(contract.METHODS)
-        except ImportError:
-            pass
-        try:
-            check = importlib.util.find_spec("logger.cli.uplink") is not None
-        except ModuleNotFoundError:
-            check = False
-        return cls(has_service, methods, check)
-
-    @property
-    def data_path(self) -> bool:
-        """Readings travel logger → receiver."""
-        return self.uplink_service and "PushReadings" in self.receiver_methods
-
-    @property
-    def cloud_config(self) -> bool:
-        return self.uplink_service and "GetConfiguration" in self.receiver_methods
-
-    def missing(self) -> list[str]:
-        """What is not wired yet, in words."""
-        out = []
-        if not self.uplink_service:
-            out.append(
-                "the logger's uplink service (logger/uplink/service.py): readings stay in its "
-                "buffer, nothing is pushed"
-            )
-        for name in ("PushReadings", "GetConfiguration", "ReportStatus"):
-            if name not in self.receiver_methods:
-                out.append(f"the receiver's {name} method")
-        if not self.uplink_check:
-            out.append("mbus-logger uplink check")
-        return out
-
-
 # --- the stack ----------------------------------------------------------------------------------
 
 
@@ -1192,7 +1124,6 @@ class Stack:
         self.receivers: dict[str, ReceiverNode] = {}
         self.loggers: dict[str, LoggerNode] = {}
         self.meters = Meters(self.bench, self.bench.baudrate, self.logs)
-        self.capabilities = Capabilities.detect()
         self._handles = iter(range(FIRST_KEY_HANDLE, FIRST_KEY_HANDLE + 0x100, 2))
         self._closed = False
 
@@ -1377,10 +1308,6 @@ class Stack:
                     for m in self.meters.specs
                 ],
             },
-            "data_path": {
-                "wired": self.capabilities.data_path,
-                "missing": self.capabilities.missing(),
-            },
             "environment": {
                 "MBUS_PKI_DIR": str(self.provisioning.dir),
                 "MBUS_PKI_PASSPHRASE": "(bench passphrase, see hil/stack.py)",
@@ -1438,7 +1365,6 @@ def _collect(errors: list[str], what: str) -> Iterator[None]:
 
 __all__ = [
     "Bench",
-    "Capabilities",
     "LoggerNode",
     "LoggerSettings",
     "MeterSpec",

@@ -23,18 +23,23 @@ from cryptography.hazmat.primitives import serialization
 from logger import contract
 from tests.support.datapath import datapath_receiver
 from tests.support.receiver_storage import run
+from tests.support.requires import require
 from tests.support.secure_channel import SharedPki
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_MODULES = ROOT / "tests" / "node" / "node_modules"
 
-pytestmark = [
-    pytest.mark.hil,
-    pytest.mark.skipif(
-        shutil.which("node") is None or not (NODE_MODULES / "node-opcua").is_dir(),
-        reason="node or tests/node/node_modules/node-opcua missing (npm ci in tests/node)",
-    ),
-]
+pytestmark = pytest.mark.hil
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _node_opcua() -> None:
+    """node and node-opcua are what these tests exercise (``make test`` installs both)."""
+    require(
+        shutil.which("node") is not None and (NODE_MODULES / "node-opcua").is_dir(),
+        "node or tests/node/node_modules/node-opcua missing (npm ci in tests/node)",
+    )
+
 
 PUSH_JS = r"""
 const o = require("node-opcua");

@@ -32,16 +32,22 @@ from logger.uplink.connection import connect
 from logger.uplink.errors import ServerUntrusted
 from tests.support.pki import TestPki
 from tests.support.receiver_storage import run
+from tests.support.requires import require
 from tests.support.secure_channel import ReceiverThread, SharedPki, uplink_settings
 from tests.support.swtpm import swtpm
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_MODULES = ROOT / "tests" / "node" / "node_modules"
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("node") is None or not (NODE_MODULES / "node-opcua").is_dir(),
-    reason="node or tests/node/node_modules/node-opcua missing (npm ci in tests/node)",
-)
+
+@pytest.fixture(scope="module", autouse=True)
+def _node_opcua() -> None:
+    """node and node-opcua are what these tests exercise (``make test`` installs both)."""
+    require(
+        shutil.which("node") is not None and (NODE_MODULES / "node-opcua").is_dir(),
+        "node or tests/node/node_modules/node-opcua missing (npm ci in tests/node)",
+    )
+
 
 SERVER_JS = r"""
 const o = require("node-opcua");

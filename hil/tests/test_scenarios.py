@@ -5,15 +5,14 @@ Each test brings up its own :class:`hil.stack.Stack` (software TPM, PKI made by
 pty at 9600 Bd and a Modbus TCP meter) and checks what an operator would check: the logger's
 buffer and status, ``mbus-logger uplink check``, the receiver's storage and audit log.
 
-Parts of a scenario that need the data path (the logger pushing readings, fetching its cloud
-configuration) run only when this build has it; the check is made on the code, not hard-coded
-(:class:`hil.stack.Capabilities`), so they turn on by themselves when it lands. With
+Every scenario runs the whole data path (the logger pushing readings, fetching its cloud
+configuration, ``uplink check``): a part that is missing or broken fails the scenario. With
 ``MBUS_HIL_DEVICE`` / ``MBUS_HIL_TCTI`` / ``MBUS_HIL_ENDPOINT`` the same scenarios run on real
 hardware (``hil/README.md``); those that need to fault a simulated meter or to kill the
 receiver say so and skip there.
 
-Counts are bounded (``MBUS_HIL_KILLS`` kill -9 events, default 30 with the data path and 10
-without; ``MBUS_HIL_SEED`` makes the kill moments reproducible).
+Counts are bounded (``MBUS_HIL_KILLS`` kill -9 events, default 30; ``MBUS_HIL_SEED`` makes the
+kill moments reproducible).
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ import pytest
 
 from hil.stack import (
     Bench,
-    Capabilities,
     LoggerNode,
     LoggerSettings,
     ReceiverNode,
@@ -46,16 +44,10 @@ from hil.stack import (
 
 pytestmark = [pytest.mark.hil, pytest.mark.timeout(240)]
 
-CAPS = Capabilities.detect()
 SETTINGS = LoggerSettings(interval="3s")
 """A tick polls every meter in about 1.8 s at 9600 Bd (the five-telegram read-out is most of
 it): 3 s keeps the line busy without overlapping ticks and the suite short."""
 BENCH = Bench.from_env()
-NEEDS_DATA_PATH = (
-    "needs the data path: "
-    + "; ".join(m for m in CAPS.missing() if "uplink check" not in m)
-    + " (detected in this build)"
-)
 
 
 # --- fixtures and helpers ------------------------------------------------------------------------
@@ -99,11 +91,6 @@ def stack(stack_factory: Any) -> Stack:
     return made
 
 
-def need_data_path() -> None:
-    if not CAPS.data_path:
-        pytest.skip(NEEDS_DATA_PATH)
-
-
 def need_simulated_meters() -> None:
     if not BENCH.simulated_meters:
         pytest.skip("needs the simulated M-Bus line to set meter faults (MBUS_HIL_DEVICE is set)")
@@ -112,11 +99,6 @@ def need_simulated_meters() -> None:
 def need_own_receiver() -> None:
     if not BENCH.own_receiver:
         pytest.skip("needs a receiver the suite runs itself (MBUS_HIL_ENDPOINT is set)")
-
-
-def need_uplink_check() -> None:
-    if not CAPS.uplink_check:
-        pytest.skip("needs `mbus-logger uplink check` (logger.cli.uplink is absent)")
 
 
 def delivered(receiver: ReceiverNode, node: LoggerNode) -> list[Any]:
@@ -162,9 +144,6 @@ def assert_buffer_consistent(node: LoggerNode, epoch: str) -> list[dict[str, Any
     pending = node.buffered()
     seqs = [r["seq"] for r in pending]
     assert seqs == sorted(set(seqs)), "buffered sequence numbers repeat or go backwards"
-    if not CAPS.data_path and seqs:
-        # Nothing is ever acknowledged without an uplink: the buffer holds 1..next-1.
-        assert seqs == list(range(1, stats["next_seq"])), "a gap in the buffer"
     return pending
 
 
@@ -175,19 +154,18 @@ def taken(stack: Stack, node: LoggerNode) -> list[dict[str, Any]]:
     assert not node.alive, "stop the logger first for a stable view"
     epoch = node.buffer_stats()["epoch"]
     rows = {r["seq"]: r for r in node.buffered()}
-    if CAPS.data_path:
-        for r in delivered(stack.receiver, node):
-            if r.epoch == epoch:
-                rows.setdefault(
-                    r.sequence,
-                    {
-                        "seq": r.sequence,
-                        "meter": r.meter,
-                        "key": r.record,
-                        "value": r.value,
-                        "logger_time": r.logger_time.isoformat(),
-                    },
-                )
+    for r in delivered(stack.receiver, node):
+        if r.epoch == epoch:
+            rows.setdefault(
+                r.sequence,
+                {
+                    "seq": r.sequence,
+                    "meter": r.meter,
+                    "key": r.record,
+                    "value": r.value,
+                    "logger_time": r.logger_time.isoformat(),
+                },
+            )
     return [rows[k] for k in sorted(rows)]
 
 
@@ -264,7 +242,6 @@ def test_normal_operation_every_meter_into_the_buffer(stack: Stack) -> None:
 def test_normal_operation_end_to_end(stack: Stack) -> None:
     """Readings reach the receiver over SignAndEncrypt with the TPM key, exactly once and in
     order; the receiver knows the logger by its certificate and where it is installed."""
-    need_data_path()
     node = stack.logger
     upto = node.wait_readings(200)
     got = wait_delivered(stack.receiver, node, upto)
@@ -283,7 +260,6 @@ def test_normal_operation_end_to_end(stack: Stack) -> None:
 def test_receiver_outage_and_recovery(stack: Stack) -> None:
     """The receiver goes away for a while: the logger keeps buffering; when it is back the
     backlog arrives, exactly once and in order, while live readings keep coming."""
-    need_data_path()
     need_own_receiver()
     node, receiver = stack.logger, stack.receiver
     first = node.wait_readings(100)
@@ -307,20 +283,19 @@ def test_receiver_outage_and_recovery(stack: Stack) -> None:
 
 
 def _kills() -> int:
-    default = 30 if CAPS.data_path else 10
-    return int(os.environ.get("MBUS_HIL_KILLS", default))
+    return int(os.environ.get("MBUS_HIL_KILLS", 30))
 
 
 def test_kill9_storm(stack: Stack) -> None:
-    """SIGKILL at random moments (the logger, and the receiver when it is ours and the data
-    path is wired): the buffer keeps its epoch and its order, nothing is lost, and afterwards
-    the receiver holds every committed reading exactly once."""
+    """SIGKILL at random moments (the logger, and the receiver when it is ours): the buffer
+    keeps its epoch and its order, nothing is lost, and afterwards the receiver holds every
+    committed reading exactly once."""
     seed = int(os.environ.get("MBUS_HIL_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
     node, receiver = stack.logger, stack.receiver
     node.wait_readings(1)
     epoch = node.buffer_stats()["epoch"]
-    kill_receiver = CAPS.data_path and BENCH.own_receiver
+    kill_receiver = BENCH.own_receiver
     kills = _kills()
     history: list[str] = []
     for n in range(kills):
@@ -338,9 +313,8 @@ def test_kill9_storm(stack: Stack) -> None:
     done = node.wait_readings(node.committed() + 1)
     assert_buffer_consistent(node, epoch)
     print(f"kill -9 storm: seed {seed}, {Counter(history)}, {done} readings committed")
-    if CAPS.data_path:
-        got = wait_delivered(receiver, node, done, timeout=120)
-        assert_exactly_once(got, epoch, done)
+    got = wait_delivered(receiver, node, done, timeout=120)
+    assert_exactly_once(got, epoch, done)
 
 
 # --- meter faults --------------------------------------------------------------------------------
@@ -397,7 +371,6 @@ def test_meter_faults(stack: Stack) -> None:
 def test_revocation(stack: Stack) -> None:
     """A revoked logger is refused within one CRL refresh of the receiver and keeps
     buffering; the refusal is in the receiver's audit log."""
-    need_uplink_check()
     need_own_receiver()
     node, receiver = stack.logger, stack.receiver
     first = node.uplink_check()
@@ -425,20 +398,19 @@ def test_revocation(stack: Stack) -> None:
     before = node.committed()
     wait_ticks(node, 2)
     assert node.alive and node.committed() > before, "the logger stopped buffering"
-    if CAPS.data_path:
-        # The running daemon's own channel is refused too, and nothing more is stored.
-        wait_until(
-            "the running logger's uplink to report the refusal",
-            lambda: (c := uplink_connection(node)).get("error_kind") and not c.get("connected"),
-            40.0,
-            0.5,
-        )
-        stored = max((r.sequence for r in delivered(receiver, node)), default=0)
-        taken_before = node.committed()
-        wait_ticks(node, 2)
-        assert node.committed() > taken_before
-        assert max((r.sequence for r in delivered(receiver, node)), default=0) == stored
-        assert node.buffer_stats()["depth"] >= node.committed() - stored
+    # The running daemon's own channel is refused too, and nothing more is stored.
+    wait_until(
+        "the running logger's uplink to report the refusal",
+        lambda: (c := uplink_connection(node)).get("error_kind") and not c.get("connected"),
+        40.0,
+        0.5,
+    )
+    stored = max((r.sequence for r in delivered(receiver, node)), default=0)
+    taken_before = node.committed()
+    wait_ticks(node, 2)
+    assert node.committed() > taken_before
+    assert max((r.sequence for r in delivered(receiver, node)), default=0) == stored
+    assert node.buffer_stats()["depth"] >= node.committed() - stored
 
 
 # --- short-lived certificate ---------------------------------------------------------------------
@@ -508,19 +480,17 @@ def test_short_lived_certificate(stack_factory: Any) -> None:
     assert json.dumps(shown).lower().count(old_thumb.lower()) == 0, "the old certificate is used"
     node.wait_readings(committed + 1)
     assert_buffer_consistent(node, epoch)
-    if CAPS.uplink_check:
-        check = node.uplink_check()
-        assert check.returncode == 0, check.stderr
-    if CAPS.data_path:
-        upto = node.wait_readings(node.committed() + 1)
-        got = wait_delivered(stack.receiver, node, upto)
-        assert_exactly_once(got, epoch, upto)
-        device = next(
-            d
-            for d in stack.receiver.snapshot(readings=False).devices
-            if d.application_uri == node.application_uri
-        )
-        assert device.thumbprint and device.thumbprint.lower() == entry["thumbprint"].lower()
+    check = node.uplink_check()
+    assert check.returncode == 0, check.stderr
+    upto = node.wait_readings(node.committed() + 1)
+    got = wait_delivered(stack.receiver, node, upto)
+    assert_exactly_once(got, epoch, upto)
+    device = next(
+        d
+        for d in stack.receiver.snapshot(readings=False).devices
+        if d.application_uri == node.application_uri
+    )
+    assert device.thumbprint and device.thumbprint.lower() == entry["thumbprint"].lower()
 
 
 # --- a logger of the wrong organization ----------------------------------------------------------
@@ -534,53 +504,51 @@ def test_logger_of_the_wrong_organization(stack: Stack) -> None:
     stack.add_org("globex")
     stranger = stack.add_logger("SN-0666", org="globex")
     stranger.wait_readings(1)
-    if CAPS.uplink_check:
-        # Its own trust list has only its organization's CA: it refuses the receiver first.
-        check = stranger.uplink_check()
-        assert check.returncode == 4, (check.returncode, check.stdout, check.stderr)
-        # Even if it trusted this receiver (copied CA files: misconfiguration or an attacker),
-        # the receiver refuses it on its own and audits the refusal.
-        for sub in ("trust", "crl"):
-            for pem in (stack.receiver.dir / sub).glob("*.pem"):
-                shutil.copy(pem, stranger.state_dir / sub / pem.name)
-        check = stranger.uplink_check()
-        assert check.returncode == 4, (check.returncode, check.stdout, check.stderr)
-        refusals = wait_until(
-            "the refusal in the receiver's audit log",
-            lambda: [
-                e for e in stack.receiver.audit_events() if e.device_uri == stranger.application_uri
-            ],
-            15.0,
-            0.5,
-        )
-        assert any("organization" in (e.event + e.detail) for e in refusals), [
-            (e.event, e.detail) for e in refusals
-        ]
+    # Its own trust list has only its organization's CA: it refuses the receiver first.
+    check = stranger.uplink_check()
+    assert check.returncode == 4, (check.returncode, check.stdout, check.stderr)
+    # Even if it trusted this receiver (copied CA files: misconfiguration or an attacker),
+    # the receiver refuses it on its own and audits the refusal.
+    for sub in ("trust", "crl"):
+        for pem in (stack.receiver.dir / sub).glob("*.pem"):
+            shutil.copy(pem, stranger.state_dir / sub / pem.name)
+    check = stranger.uplink_check()
+    assert check.returncode == 4, (check.returncode, check.stdout, check.stderr)
+    refusals = wait_until(
+        "the refusal in the receiver's audit log",
+        lambda: [
+            e for e in stack.receiver.audit_events() if e.device_uri == stranger.application_uri
+        ],
+        15.0,
+        0.5,
+    )
+    assert any("organization" in (e.event + e.detail) for e in refusals), [
+        (e.event, e.detail) for e in refusals
+    ]
     before = stranger.committed()
     wait_ticks(stranger, 2)
     assert stranger.alive and stranger.committed() > before
-    if CAPS.data_path:
-        wait_delivered(stack.receiver, stack.logger, stack.logger.wait_readings(50))
-        snap = stack.receiver.snapshot(readings=True)
-        assert not snap.for_device(stranger.application_uri)
-        assert stranger.application_uri not in {d.application_uri for d in snap.devices}
-        # Pointed at its own organization's receiver, it delivers everything it buffered
-        # while refused, exactly once - and still nothing of it at the other organization.
-        own = stack.add_receiver("globex")
-        stranger.stop()
-        epoch = stranger.buffer_stats()["epoch"]
-        stranger.write_config(
-            stack.meters.specs,
-            stack.meters.device,
-            stack.meters.baudrate,
-            own.endpoint,
-            own.application_uri,
-        )
-        stranger.start()
-        upto = stranger.wait_readings(stranger.committed() + 1)
-        got = wait_delivered(own, stranger, upto)
-        assert_exactly_once(got, epoch, upto)
-        assert not stack.receiver.snapshot(readings=True).for_device(stranger.application_uri)
+    wait_delivered(stack.receiver, stack.logger, stack.logger.wait_readings(50))
+    snap = stack.receiver.snapshot(readings=True)
+    assert not snap.for_device(stranger.application_uri)
+    assert stranger.application_uri not in {d.application_uri for d in snap.devices}
+    # Pointed at its own organization's receiver, it delivers everything it buffered
+    # while refused, exactly once - and still nothing of it at the other organization.
+    own = stack.add_receiver("globex")
+    stranger.stop()
+    epoch = stranger.buffer_stats()["epoch"]
+    stranger.write_config(
+        stack.meters.specs,
+        stack.meters.device,
+        stack.meters.baudrate,
+        own.endpoint,
+        own.application_uri,
+    )
+    stranger.start()
+    upto = stranger.wait_readings(stranger.committed() + 1)
+    got = wait_delivered(own, stranger, upto)
+    assert_exactly_once(got, epoch, upto)
+    assert not stack.receiver.snapshot(readings=True).for_device(stranger.application_uri)
 
 
 # --- a bad configuration from the cloud ----------------------------------------------------------
@@ -589,8 +557,6 @@ def test_logger_of_the_wrong_organization(stack: Stack) -> None:
 def test_bad_configuration_from_the_cloud(stack: Stack, tmp_path: Path) -> None:
     """A valid cloud layer is applied within one configuration poll; an invalid one is
     refused, the last good one stays in force, and no buffered reading is lost."""
-    if not CAPS.cloud_config:
-        pytest.skip(NEEDS_DATA_PATH)
     need_own_receiver()
     node, receiver = stack.logger, stack.receiver
     node.wait_readings(1)

@@ -1,6 +1,7 @@
 """The buffer on a filesystem that really fills up (a 2 MiB tmpfs mounted for the test).
 
-Needs root (CI runs as root); elsewhere the test is skipped with the reason. Both ways of
+Needs root: CI runs as root and fails the test if it cannot mount; elsewhere it is skipped
+with the reason. Both ways of
 running out are covered: the ``min_free_bytes`` limit seen coming (statvfs), and the
 filesystem actually full (SQLITE_FULL in the middle of a commit).
 """
@@ -16,6 +17,7 @@ import pytest
 
 from logger.store.api import BufferFull, BufferLimits, BufferPolicy, LossReason
 from logger.store.sqlite import SqliteStore
+from tests.support.requires import require
 from tests.support.store import T0, FakeUplink, make_tick, minutes
 
 
@@ -23,16 +25,14 @@ from tests.support.store import T0, FakeUplink, make_tick, minutes
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small filesystem needs root")
+    require(os.geteuid() == 0, "mounting a small filesystem needs root")
     result = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mnt)],
         capture_output=True,
         text=True,
         check=False,
     )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    require(result.returncode == 0, f"cannot mount a tmpfs here: {result.stderr.strip()}")
     try:
         yield mnt
     finally:

@@ -3,8 +3,8 @@
 ``run_micropython(code, files)`` writes ``files`` (path -> bytes, relative to ``/lib``) into
 MicroPython's virtual filesystem, puts ``/lib`` first on ``sys.path``, runs ``code`` and returns
 what it printed. A Python exception inside MicroPython raises :class:`MicroPythonError` with
-its traceback. The test is skipped (with the reason) only when node or the npm package is
-missing; ``make test`` installs both, so in CI it runs.
+its traceback. When node or the npm package is missing the test is skipped with the reason,
+except in CI (``CI`` set), where ``make test`` installs both and their absence fails the test.
 
 ``codec_files()`` gives the files a device needs for the M-Bus codec: ``logger/__init__.py``
 and the whole ``logger/mbus/`` package, exactly as in the source tree.
@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import pytest
+from tests.support.requires import missing, require
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_DIR = ROOT / "tests" / "node"
@@ -65,9 +65,11 @@ class MicroPythonError(RuntimeError):
 def _require() -> str:
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed (make test installs it)")
-    if not (PACKAGE / "micropython.mjs").exists():
-        pytest.skip(f"npm package missing: {PACKAGE} (make test runs npm ci in tests/node)")
+        missing("node is not installed (make test installs it)")
+    require(
+        (PACKAGE / "micropython.mjs").exists(),
+        f"npm package missing: {PACKAGE} (make test runs npm ci in tests/node)",
+    )
     return node
 
 
