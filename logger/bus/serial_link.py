@@ -14,6 +14,7 @@ import os
 import stat
 import termios
 import time
+from typing import Any
 
 import serial
 
@@ -44,7 +45,11 @@ class SerialLink:
     def open(self) -> None:
         if self._port is not None:
             return
-        exclusive = {} if "://" in self.device else {"exclusive": True}
+        extra: dict[str, Any] = {} if "://" in self.device else {"exclusive": True}
+        if not self.device.lower().startswith("rfc2217://"):
+            # pyserial's RFC 2217 client refuses a write timeout (NotImplementedError at open);
+            # its socket carries its own 5 s timeout, which bounds a stuck write just as well.
+            extra["write_timeout"] = 10.0
         parity = serial.PARITY_EVEN
         for attempt in (1, 2):
             try:
@@ -55,8 +60,7 @@ class SerialLink:
                     parity=parity,
                     stopbits=serial.STOPBITS_ONE,
                     timeout=READ_QUANTUM,
-                    write_timeout=10.0,
-                    **exclusive,
+                    **extra,
                 )
                 break
             except termios.error as exc:
