@@ -15,7 +15,11 @@ receiver closes them with hooks asyncua 2.1 does not offer publicly:
   methods only the parent node id - and the device a call comes from must be the channel's
   certificate, never an argument;
 * :func:`live_channels` / :meth:`LiveChannel.close` enumerate and drop open connections, to
-  re-check their certificates after a CRL change (asyncua never re-validates a live channel).
+  re-check their certificates after a CRL change (asyncua never re-validates a live channel);
+* :func:`set_transport_limits` bounds what one connection may make the server hold: the size
+  of a chunk, of a whole message and the number of chunks in it. asyncua checks them as the
+  chunks arrive and answers a message over them with an ERR (``BadRequestTooLarge``) and a
+  closed socket - that connection only. A client's Hello may lower them, never raise them.
 
 The user manager (public API) receives the channel's peer certificate at ActivateSession and is
 the second gate; see :mod:`receiver.security`.
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asyncua import Server, ua
+from asyncua.common.connection import TransportLimits
 from asyncua.crypto import security_policies as sp
 from asyncua.crypto.permission_rules import PermissionRuleset, User, UserRole
 from asyncua.server.internal_session import InternalSession
@@ -189,6 +194,34 @@ def install_session_context(server: Server) -> None:
     iserver.create_session = create_session  # type: ignore[method-assign]
 
 
+CHUNK_SIZE = 65535
+"""Largest chunk the server receives or sends (asyncua's and most stacks' default)."""
+
+CHUNK_OVERHEAD = 1024
+"""Bytes of a chunk that are not message body, bounded from above: message and security
+headers, sequence header, padding and signature (about 100 for the symmetric policies)."""
+
+
+def set_transport_limits(server: Server, max_message_size: int) -> TransportLimits:
+    """Bound the messages of every connection of a server not yet started.
+
+    The chunk count follows from the message size (a full message in chunks of at least
+    ``CHUNK_SIZE - CHUNK_OVERHEAD`` body bytes), so neither limit is the looser one.
+    """
+    if server.bserver is not None:
+        raise RuntimeError("transport limits must be set before the server starts")
+    if max_message_size <= 0:
+        raise ValueError("the maximum message size must be positive (0 would mean unbounded)")
+    limits = TransportLimits(
+        max_recv_buffer=CHUNK_SIZE,
+        max_send_buffer=CHUNK_SIZE,
+        max_chunk_count=-(-max_message_size // (CHUNK_SIZE - CHUNK_OVERHEAD)),
+        max_message_size=max_message_size,
+    )
+    server.limits = limits
+    return limits
+
+
 @dataclass
 class LiveChannel:
     peer: str
@@ -219,6 +252,7 @@ def live_channels(server: Server) -> Iterator[LiveChannel]:
 
 
 __all__ = [
+    "CHUNK_SIZE",
     "POLICY_TYPES",
     "ChannelRefused",
     "GatedPolicyFactory",
@@ -228,4 +262,5 @@ __all__ = [
     "gate_endpoints",
     "install_session_context",
     "live_channels",
+    "set_transport_limits",
 ]

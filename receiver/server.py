@@ -15,7 +15,10 @@ What it adds to a stock asyncua server (SECURITY.md):
 * CRLs and trust anchors re-read when their files change (polled every few seconds, well
   inside the 30 s CLI.md promises); every live channel is re-checked after a change, and a
   revoked logger's connection is closed;
-* security events and bad requests go to the storage's hash-chained audit log.
+* security events and bad requests go to the storage's hash-chained audit log;
+* bounded messages: a request larger than :data:`MAX_MESSAGE_SIZE` (the largest PushReadings
+  the contract allows, see :func:`push_readings_max_bytes`) is refused at the transport level,
+  before it is decoded, and only its connection is closed.
 """
 
 from __future__ import annotations
@@ -60,6 +63,29 @@ DEFAULT_LISTEN = "opc.tcp://0.0.0.0:4840"
 RELOAD_INTERVAL_S = 5.0
 RECHECK_INTERVAL_S = 60.0
 AUDIT_REPEAT_S = 60.0
+
+
+def push_readings_max_bytes() -> int:
+    """Worst-case encoded size of one PushReadings request within the contract's bounds.
+
+    :data:`logger.contract.MAX_BATCH` readings whose strings all have their maximum length in
+    characters, every character taking 4 bytes in UTF-8 (the contract bounds characters, OPC
+    UA encodes bytes). Per reading: the UInt64 sequence, two DateTimes, six strings each with
+    its Int32 length prefix. On top: the request header, the method and object ids, the
+    epoch, and each argument's Variant header and array length - bounded by a flat 64 KiB.
+    """
+    utf8 = 4
+    strings = {a.name for a in contract.PUSH_READINGS_INPUT if a.array and a.type == "String"}
+    bounds = {name: contract.MAX_STRING for name in strings}
+    bounds["Value"] = contract.MAX_VALUE_STRING
+    per_reading = 8 + 2 * 8 + sum(4 + utf8 * n for n in bounds.values())
+    return contract.MAX_BATCH * per_reading + 64 * 1024
+
+
+MAX_MESSAGE_SIZE = -(-push_readings_max_bytes() // (1024 * 1024)) * 1024 * 1024
+"""The receiver's transport limit: :func:`push_readings_max_bytes` rounded up to whole MiB
+(89 MiB with the contract's bounds: 10,000 readings of 9,264 bytes each). A client may ask
+for less in its Hello (the logger asks for 64 MiB), never for more."""
 
 _VARIANT = {
     "String": ua.VariantType.String,
@@ -209,8 +235,10 @@ class ReceiverServer:
         reload_interval_s: float = RELOAD_INTERVAL_S,
         recheck_interval_s: float = RECHECK_INTERVAL_S,
         methods: Mapping[str, MethodHandler] | None = None,
+        max_message_size: int = MAX_MESSAGE_SIZE,
     ) -> None:
         self.rdir = rdir
+        self.max_message_size = max_message_size
         self.storage = storage
         self.listen = listen
         self.gate = Gate(rdir)
@@ -323,6 +351,7 @@ class ReceiverServer:
         server.iserver.certificate = self.rdir.cert
         server.iserver.private_key = self.rdir.key
         server.iserver.max_pending_activation_seconds = 10.0
+        _compat.set_transport_limits(server, self.max_message_size)
         _compat.install_session_context(server)
         await self._build_address_space(server)
         await server.start()
@@ -500,4 +529,12 @@ def serve_main(args: argparse.Namespace) -> int:
     return asyncio.run(_serve(args))
 
 
-__all__ = ["ChannelUser", "MethodHandler", "ReceiverServer", "decode_arguments", "serve_main"]
+__all__ = [
+    "MAX_MESSAGE_SIZE",
+    "ChannelUser",
+    "MethodHandler",
+    "ReceiverServer",
+    "decode_arguments",
+    "push_readings_max_bytes",
+    "serve_main",
+]
