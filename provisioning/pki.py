@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import shutil
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from logger.tpm.errors import KeyFileError
 from logger.tpm.filekey import load_key_file, write_key_file
-from logger.tpm.state import atomic_write, ensure_private_dir, pem_certs, ski_name
+from logger.tpm.state import (
+    atomic_write,
+    ensure_private_dir,
+    ensure_secret_dir,
+    pem_certs,
+    ski_name,
+)
 from provisioning import profile
 from provisioning.profile import ProfileError, RevokedEntry, thumbprint, utcnow
 from provisioning.registry import Registry, RegistryError
@@ -78,13 +83,8 @@ class Pki:
     def __init__(self, root: Path, passphrase: bytes | None) -> None:
         self.root = root
         self._passphrase = passphrase
-        ensure_private_dir(root)
-        mode = stat.S_IMODE(root.stat().st_mode)
-        if mode & 0o077:
-            raise PkiError(
-                f"the PKI directory {root} is accessible by group or others "
-                f"(mode {mode:04o}); chmod 700 it - it holds the CA keys"
-            )
+        # The same rule and wording as the device state directory (logger.tpm.state).
+        ensure_secret_dir(root, "the PKI directory", "the CA keys", PkiError)
         self.registry = Registry(root / "registry.sqlite")
         os.chmod(root / "registry.sqlite", 0o600)
 

@@ -3,7 +3,9 @@
 Written by ``mbus-provision device enroll`` (factory) or ``mbus-logger cert csr`` + ``cert
 install`` (offline enrolment, renewal); read by the uplink, ``cert show`` and ``key info``.
 Every file is written atomically (temporary file, fsync, rename, fsync of the directory), so a
-power cut leaves the old or the new version, never half a certificate. Directories are 0700.
+power cut leaves the old or the new version, never half a certificate. Directories are created
+0700 (only the leaf: missing parents as the OS makes them); a state directory that group or
+others can access is refused.
 
 Layout (all certificates and CRLs PEM, readable by openssl)::
 
@@ -63,7 +65,14 @@ SECRET_FILE = "device-key.secret"
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) mode 0700; refuse an existing one others may write."""
+    """Create ``path`` mode 0700 when missing; refuse an existing one others may write.
+
+    Only the leaf is created 0700: missing parents get the mode the OS gives them (0777 less
+    the umask), as ``mkdir -p`` does, because a parent such as ``/var/lib`` is shared and
+    is not ours to lock down. Used for directories that hold public material (trust anchors,
+    CRLs, certificates); a directory that holds a key or an identity uses
+    :func:`ensure_secret_dir`.
+    """
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = path.stat()
     if not stat.S_ISDIR(st.st_mode):
@@ -74,6 +83,51 @@ def ensure_private_dir(path: Path) -> Path:
             f"(mode {stat.S_IMODE(st.st_mode):04o}); refusing to use it"
         )
     return path
+
+
+def check_secret_dir(
+    path: Path, what: str, holds: str, error: type[Exception] = StateDirError
+) -> Path:
+    """Refuse ``path`` unless it is a directory only its owner can open (no group/other bits).
+
+    For the device state directory and the PKI directory: what they hold (an encrypted key,
+    its secret, the identity, the CA keys) is safe only while nobody else can even list it,
+    so an existing directory that group or others may read is refused rather than silently
+    tightened: a wrong mode usually means a wrong deployment, and the operator must know.
+    ``error`` lets the owner of the directory raise its own exception class (exit codes).
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise error(f"{what} {path} cannot be read: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise error(f"{what} {path} is not a directory")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        raise error(
+            f"{what} {path} is accessible by group or others (mode {mode:04o}); "
+            f"chmod 700 it - it holds {holds}"
+        )
+    return path
+
+
+def ensure_secret_dir(
+    path: Path, what: str, holds: str, error: type[Exception] = StateDirError
+) -> Path:
+    """Create ``path`` 0700 when missing (only the leaf, see :func:`ensure_private_dir`), then
+    :func:`check_secret_dir` it."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        pass  # a file in the way: check_secret_dir names it
+    except OSError as exc:
+        raise error(f"cannot create {what} {path}: {exc.strerror}") from None
+    return check_secret_dir(path, what, holds, error)
+
+
+STATE_DIR_HOLDS = "the device's identity and key reference"
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -201,14 +255,22 @@ class DeviceState:
 
     @classmethod
     def create(cls, root: Path) -> DeviceState:
-        """The state dir, created 0700 when missing (CLI.md)."""
-        ensure_private_dir(root)
+        """The state dir, created 0700 when missing (CLI.md); refused when group or others
+        can access it."""
+        ensure_secret_dir(root, "state directory", STATE_DIR_HOLDS)
         return cls(root)
 
     @classmethod
     def open(cls, root: Path) -> DeviceState:
-        if not root.is_dir():
-            raise StateDirError(f"state directory {root} does not exist")
+        """An existing state dir: never created here, so a mistyped ``--state-dir`` on a
+        read-only command (``key info``, ``cert show``) or in the daemon's configuration is an
+        error rather than a new empty directory."""
+        if not root.exists():
+            raise StateDirError(
+                f"state directory {root} does not exist (is the device enrolled? "
+                "check --state-dir / paths.state_dir)"
+            )
+        check_secret_dir(root, "state directory", STATE_DIR_HOLDS)
         return cls(root)
 
     # paths
@@ -273,7 +335,7 @@ class DeviceState:
         )
 
     def save_identity(self, identity: Identity) -> None:
-        ensure_private_dir(self.root)
+        ensure_secret_dir(self.root, "state directory", STATE_DIR_HOLDS)
         atomic_write(
             self.identity_path, (json.dumps(identity.as_dict(), indent=2) + "\n").encode(), 0o600
         )
@@ -355,7 +417,9 @@ __all__ = [
     "KeyRef",
     "application_uri",
     "atomic_write",
+    "check_secret_dir",
     "ensure_private_dir",
+    "ensure_secret_dir",
     "load_pem_certs",
     "pem_certs",
     "ski_name",

@@ -104,6 +104,29 @@ def test_unknown_org_and_duplicate_serial(org_cli: Cli) -> None:
     assert code == 4 and "already holds a device identity" in err
 
 
+def test_enrolling_into_a_state_dir_others_can_open_is_refused(org_cli: Cli) -> None:
+    # A state dir prepared by hand with the default 0755 would hand the device's key file and
+    # identity to every local user: refused before anything is issued or written.
+    state = org_cli.base / "state"
+    state.mkdir()
+    state.chmod(0o755)
+    before = registry_counts(org_cli.pki)
+    code, err = enrol(org_cli, "--file-key")
+    assert code == 2
+    assert f"state directory {state} is accessible by group or others (mode 0755)" in err
+    assert "chmod 700" in err
+    assert registry_counts(org_cli.pki) == before
+    assert list(state.iterdir()) == [] and state.stat().st_mode & 0o777 == 0o755
+    state.chmod(0o700)
+    assert enrol(org_cli, "--file-key")[0] == 0
+
+
+def test_a_missing_state_dir_is_created_0700(org_cli: Cli) -> None:
+    state = org_cli.base / "new" / "state"
+    assert enrol(org_cli, "--file-key", state="new/state")[0] == 0
+    assert state.stat().st_mode & 0o777 == 0o700
+
+
 def test_expired_ca_refuses_to_issue(cli: Cli) -> None:
     pki = TestPki.create(cli.base, orgs=())  # same directory as the CLI's --pki
     pki.expired_org("old")
