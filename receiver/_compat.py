@@ -20,6 +20,9 @@ receiver closes them with hooks asyncua 2.1 does not offer publicly:
   of a chunk, of a whole message and the number of chunks in it. asyncua checks them as the
   chunks arrive and answers a message over them with an ERR (``BadRequestTooLarge``) and a
   closed socket - that connection only. A client's Hello may lower them, never raise them.
+  asyncua checks a chunk's size only once all of it has arrived, and buffers whatever size
+  the first 8 bytes announce (up to 4 GiB, before any Hello); :func:`bound_chunk_buffering`
+  refuses such a chunk as soon as its header is in (``BadTcpMessageTooLarge``).
 
 The user manager (public API) receives the channel's peer certificate at ActivateSession and is
 the second gate; see :mod:`receiver.security`.
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +42,9 @@ from asyncua import Server, ua
 from asyncua.common.connection import TransportLimits
 from asyncua.crypto import security_policies as sp
 from asyncua.crypto.permission_rules import PermissionRuleset, User, UserRole
+from asyncua.server.binary_server_asyncio import OPCUAProtocol
 from asyncua.server.internal_session import InternalSession
+from asyncua.ua.ua_binary import uatcp_to_binary
 from asyncua.ua.uaerrors import BadRequestTooLarge, UaStatusCodeError
 
 _LOGGER = logging.getLogger(__name__)
@@ -222,6 +228,49 @@ def set_transport_limits(server: Server, max_message_size: int) -> TransportLimi
     return limits
 
 
+_CHUNK_LIMIT_ATTR = "_mbus_receiver_chunk_limit"
+_HEADER = struct.Struct("<3scI")
+_stock_data_received = OPCUAProtocol.data_received
+
+
+def _bounded_data_received(self: OPCUAProtocol, data: bytes) -> None:
+    _stock_data_received(self, data)
+    limit = getattr(self.iserver, _CHUNK_LIMIT_ATTR, None)
+    # What stays buffered is the head of one incomplete chunk; its header says how big the
+    # chunk claims to be.
+    if limit is None or len(self._buffer) < _HEADER.size or self.transport is None:
+        return
+    _type, _chunk, size = _HEADER.unpack_from(self._buffer)
+    if size <= limit:
+        return
+    _LOGGER.warning(
+        "connection from %s refused: a chunk of %d bytes announced (at most %d)",
+        self.peer_name,
+        size,
+        limit,
+    )
+    error = ua.ErrorMessage(
+        ua.StatusCode(ua.UInt32(ua.StatusCodes.BadTcpMessageTooLarge)),
+        ua.String(f"chunk of {size} bytes exceeds the receive buffer of {limit}"),
+    )
+    # asyncua annotates the message type as its class, passes the class's bytes constants.
+    self.transport.write(uatcp_to_binary(ua.MessageType.Error, error))  # type: ignore[arg-type]
+    self.transport.close()
+    self._buffer = b""
+
+
+def bound_chunk_buffering(server: Server) -> None:
+    """Refuse a chunk that announces more than the server's receive buffer, before buffering it.
+
+    The hook is installed once on asyncua's connection class, but acts only for servers
+    passed here (marked on their internal server): a stock server in the same process keeps
+    its own behaviour.
+    """
+    setattr(server.iserver, _CHUNK_LIMIT_ATTR, int(server.limits.max_recv_buffer))
+    if OPCUAProtocol.data_received is not _bounded_data_received:
+        OPCUAProtocol.data_received = _bounded_data_received  # type: ignore[method-assign]
+
+
 @dataclass
 class LiveChannel:
     peer: str
@@ -258,6 +307,7 @@ __all__ = [
     "GatedPolicyFactory",
     "LiveChannel",
     "ReadOnlyRuleset",
+    "bound_chunk_buffering",
     "current_user",
     "gate_endpoints",
     "install_session_context",

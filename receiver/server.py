@@ -352,6 +352,7 @@ class ReceiverServer:
         server.iserver.private_key = self.rdir.key
         server.iserver.max_pending_activation_seconds = 10.0
         _compat.set_transport_limits(server, self.max_message_size)
+        _compat.bound_chunk_buffering(server)
         _compat.install_session_context(server)
         await self._build_address_space(server)
         await server.start()

@@ -3,8 +3,11 @@ and a message over them refused before it is decoded, its connection alone close
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import struct
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 from asyncua import ua
@@ -120,6 +123,51 @@ def test_an_oversized_message_closes_its_connection_only(tmp_path: Path) -> None
                         assert ack == [10, 10, 0]
                     finally:
                         await again.close()
+            finally:
+                await srv.stop()
+                await storage.close()
+
+        run(scenario())
+    finally:
+        pki.close()
+
+
+def test_a_chunk_announcing_more_than_the_buffer_is_refused_before_it_is_buffered(
+    tmp_path: Path,
+) -> None:
+    """asyncua alone would keep reading a chunk that announces 2 GiB until all of it came (or
+    memory ran out), before any Hello. The receiver answers as soon as the header is in."""
+    pki = TestPki.create(tmp_path / "pki")
+    try:
+        rx = pki.receiver("acme")
+        device = pki.device("acme")
+
+        async def scenario() -> None:
+            storage = await open_storage(f"sqlite:///{tmp_path / 'receiver.db'}")
+            srv = ReceiverServer(
+                ReceiverDir.load(rx.dir, rx.passphrase), storage, "opc.tcp://127.0.0.1:0"
+            )
+            await srv.start()
+            try:
+                with open_device_key(device.state_dir) as key:
+                    conn = await connect(uplink_settings(srv.endpoint_url, device, rx), key)
+                    try:
+                        url = urlparse(srv.endpoint_url)
+                        reader, writer = await asyncio.open_connection(url.hostname, url.port)
+                        writer.write(b"HELF" + struct.pack("<I", 2**31) + bytes(1024))
+                        await writer.drain()
+                        answer = await asyncio.wait_for(reader.read(), 10.0)  # until EOF
+                        writer.close()
+                        assert answer[:4] == b"ERRF", answer[:16]
+                        (code,) = struct.unpack_from("<I", answer, 8)
+                        assert code == ua.StatusCodes.BadTcpMessageTooLarge
+                        # The logger's session is untouched.
+                        ack = await conn.call(
+                            contract.PUSH_READINGS, *_push_args(batch(1, 10), "e")
+                        )
+                        assert ack == [10, 10, 0]
+                    finally:
+                        await conn.close()
             finally:
                 await srv.stop()
                 await storage.close()
