@@ -210,3 +210,28 @@ def check_push_columns(columns: dict[str, list[object]]) -> int:
             if not text:
                 raise ValueError(f"{name}[{i}] is empty")
     return n
+
+
+def push_readings_max_bytes() -> int:
+    """Worst-case encoded size of one PushReadings request within the bounds above.
+
+    :data:`MAX_BATCH` readings whose strings all have their maximum length in characters, every
+    character taking 4 bytes in UTF-8 (the contract bounds characters, OPC UA encodes bytes).
+    Per reading: the UInt64 sequence, two DateTimes, six strings each with its Int32 length
+    prefix. On top: the request header, the method and object ids, the epoch, and each
+    argument's Variant header and array length - bounded by a flat 64 KiB. Both ends size their
+    transport limit from it, so a batch the contract allows always fits on the wire.
+    """
+    utf8 = 4
+    strings = {a.name for a in PUSH_READINGS_INPUT if a.array and a.type == "String"}
+    bounds = {name: MAX_STRING for name in strings}
+    bounds["Value"] = MAX_VALUE_STRING
+    per_reading = 8 + 2 * 8 + sum(4 + utf8 * n for n in bounds.values())
+    return MAX_BATCH * per_reading + 64 * 1024
+
+
+MAX_MESSAGE_BYTES = -(-push_readings_max_bytes() // (1024 * 1024)) * 1024 * 1024
+"""Transport message limit of both ends: :func:`push_readings_max_bytes` rounded up to whole
+MiB (89 MiB with the bounds above)."""
+MAX_CHUNK_COUNT = -(-MAX_MESSAGE_BYTES // 65536)
+"""Chunks of 64 KiB a message of :data:`MAX_MESSAGE_BYTES` needs at most."""

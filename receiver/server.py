@@ -65,27 +65,12 @@ RECHECK_INTERVAL_S = 60.0
 AUDIT_REPEAT_S = 60.0
 
 
-def push_readings_max_bytes() -> int:
-    """Worst-case encoded size of one PushReadings request within the contract's bounds.
+push_readings_max_bytes = contract.push_readings_max_bytes
 
-    :data:`logger.contract.MAX_BATCH` readings whose strings all have their maximum length in
-    characters, every character taking 4 bytes in UTF-8 (the contract bounds characters, OPC
-    UA encodes bytes). Per reading: the UInt64 sequence, two DateTimes, six strings each with
-    its Int32 length prefix. On top: the request header, the method and object ids, the
-    epoch, and each argument's Variant header and array length - bounded by a flat 64 KiB.
-    """
-    utf8 = 4
-    strings = {a.name for a in contract.PUSH_READINGS_INPUT if a.array and a.type == "String"}
-    bounds = {name: contract.MAX_STRING for name in strings}
-    bounds["Value"] = contract.MAX_VALUE_STRING
-    per_reading = 8 + 2 * 8 + sum(4 + utf8 * n for n in bounds.values())
-    return contract.MAX_BATCH * per_reading + 64 * 1024
-
-
-MAX_MESSAGE_SIZE = -(-push_readings_max_bytes() // (1024 * 1024)) * 1024 * 1024
-"""The receiver's transport limit: :func:`push_readings_max_bytes` rounded up to whole MiB
-(89 MiB with the contract's bounds: 10,000 readings of 9,264 bytes each). A client may ask
-for less in its Hello (the logger asks for 64 MiB), never for more."""
+MAX_MESSAGE_SIZE = contract.MAX_MESSAGE_BYTES
+"""The receiver's transport limit: :func:`logger.contract.push_readings_max_bytes` rounded up
+to whole MiB (89 MiB with the contract's bounds: 10,000 readings of 9,264 bytes each). The
+logger asks for the same in its Hello; a client may ask for less, never for more."""
 
 _VARIANT = {
     "String": ua.VariantType.String,

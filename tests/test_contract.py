@@ -65,3 +65,9 @@ def test_every_method_is_declared_with_built_in_types() -> None:
     for inputs, outputs in contract.METHODS.values():
         for arg in (*inputs, *outputs):
             assert arg.type in built_in, arg
+
+
+def test_the_transport_limit_holds_the_largest_batch_the_contract_allows() -> None:
+    assert contract.MAX_MESSAGE_BYTES >= contract.push_readings_max_bytes()
+    assert contract.MAX_CHUNK_COUNT * 65536 >= contract.MAX_MESSAGE_BYTES
+    assert contract.MAX_MESSAGE_BYTES < 128 * 1024 * 1024  # still a bound worth the name

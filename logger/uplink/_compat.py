@@ -35,6 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from logger import contract
 from logger.uplink.errors import (
     CertificateRejected,
     NetworkDown,
@@ -212,9 +213,9 @@ class SecureClient:
         client.product_uri = "urn:mbus-ua-logger:logger"
         client.secure_channel_timeout = channel_lifetime_ms
         client.session_timeout = 600_000
-        # Bounded messages (SECURITY.md): 64 MiB, 4096 chunks.
-        client.max_messagesize = 64 * 1024 * 1024
-        client.max_chunkcount = 4096
+        # Bounded messages (SECURITY.md), sized so the largest batch the contract allows fits.
+        client.max_messagesize = contract.MAX_MESSAGE_BYTES
+        client.max_chunkcount = contract.MAX_CHUNK_COUNT
         policy = policy_cls(
             server_cert,
             own_cert,
